@@ -1,0 +1,441 @@
+"""A cell is the runtime's home for one actor: its mailbox, its routes, its loop and its restarts.
+
+The actor instance is disposable: a crash replaces it with a fresh one built from the same config,
+while the cell (and so the mailbox, the routes and the counters) lives on. The loops here are the
+only place where messages move, so they are written for the hot path: one wake-up per batch, counters
+bumped per batch, no per-message awaits.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+from .actor import Context, Operator, Sink, Source
+from .errors import NotReady, Permanent, RestartIntensityExceeded, Retryable
+from .mailbox import Mailbox
+from .message import Message
+from .metrics import ActorMetrics
+
+if TYPE_CHECKING:
+    from .sinkbuffer import SinkBuffer
+    from .supervisor import Supervisor
+    from .topology import ActorSpec
+
+__all__ = ["Cell", "Router"]
+
+log = logging.getLogger("edgeflow.runtime")
+
+#: Errors a sink may raise (or leak from a client library) that mean "try again later".
+RETRYABLE = (Retryable, ConnectionError, TimeoutError, OSError)
+SOURCE_BATCH = 1024
+
+
+class Router:
+    """Where an actor's output goes: the mailboxes of every actor that lists it in `inputs`."""
+
+    __slots__ = ("targets",)
+
+    def __init__(self, targets: Sequence[Mailbox]) -> None:
+        self.targets = list(targets)
+
+    async def send(self, batch: list[Message]) -> None:
+        targets = self.targets
+        if len(targets) == 1:
+            await targets[0].put(batch)
+            return
+        extra = len(targets) - 1
+        if extra > 0:
+            for m in batch:
+                if m.ack is not None:
+                    m.ack.add(extra)
+        else:  # nobody reads (validation prevents it, but never strand an acknowledgement)
+            for m in batch:
+                if m.ack is not None:
+                    m.ack.done()
+        for mb in targets:
+            await mb.put(batch)
+
+    def close(self) -> None:
+        for mb in self.targets:
+            mb.close_writer()
+
+
+class _Restart(Exception):
+    """Raised inside a cell when its supervisor asked for a restart (a sibling crashed)."""
+
+
+class Cell:
+    def __init__(
+        self,
+        spec: ActorSpec,
+        context: Context,
+        supervisor: Supervisor,
+        mailbox: Mailbox | None,
+        router: Router,
+        dead_letter: Mailbox | None,
+    ) -> None:
+        self.spec = spec
+        self.name = spec.name
+        self.context = context
+        self.supervisor = supervisor
+        self.mailbox = mailbox
+        self.router = router
+        self.dead_letter_box = dead_letter
+        self.metrics = ActorMetrics()
+        self.state = "idle"
+        self.instance: Any = None
+        self.buffer: SinkBuffer | None = None
+        self.started = asyncio.Event()  # set once the first on_start succeeded (or the cell ended)
+        self.log = logging.getLogger(f"edgeflow.actor.{spec.name}")
+        self._work: asyncio.Task[None] | None = None
+        self._interruptible = False
+        self._restart_requested = False
+        self._stop_requested = False
+
+    # -- control from the runtime and the supervisor --------------------------------------------
+
+    def request_restart(self) -> None:
+        """Restart this actor at the next safe point (now if it is waiting for input)."""
+        self._restart_requested = True
+        if self._interruptible and self._work is not None:
+            self._work.cancel()
+
+    def request_stop(self) -> None:
+        """Sources only: stop producing at the next safe point (now if waiting in `produce`)."""
+        self._stop_requested = True
+        if self._interruptible and self._work is not None:
+            self._work.cancel()
+
+    def status(self) -> dict[str, Any]:
+        doc: dict[str, Any] = {"kind": self.spec.kind, "type": self.spec.type, "state": self.state}
+        doc.update(self.metrics.snapshot())
+        if self.mailbox is not None:
+            doc["mailbox"] = {
+                "depth": len(self.mailbox),
+                "capacity": self.mailbox.capacity,
+                "overflow": self.mailbox.overflow,
+                "dropped": self.mailbox.dropped,
+            }
+        if self.buffer is not None:
+            doc["buffer"] = self.buffer.status()
+        if self.instance is not None:
+            try:
+                doc.update(self.instance.status())
+            except Exception as exc:  # a status hook must never take the status page down
+                doc["status_error"] = repr(exc)
+        return doc
+
+    # -- the lifetime -----------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Run the actor until its stream ends, restarting it as its supervisor decides."""
+        attempt = 0
+        try:
+            while True:
+                self.instance = self.spec.cls(self.name, self.spec.config, self.context)
+                self._restart_requested = False
+                ran_since = time.monotonic()
+                try:
+                    self.state = "starting"
+                    await self.instance.on_start()
+                    self.state = "running"
+                    self.started.set()
+                    self._work = asyncio.create_task(self._loop(self.instance), name=f"edgeflow[{self.name}].loop")
+                    try:
+                        await self._work
+                    except asyncio.CancelledError:
+                        current = asyncio.current_task()
+                        if current is not None and current.cancelling():
+                            raise
+                        if self._stop_requested and self.spec.kind == "source":
+                            self.state = "stopped"
+                            return
+                        if not self._restart_requested:
+                            raise
+                        raise _Restart() from None
+                    finally:
+                        self._work = None
+                    if self._restart_requested and not self._stop_requested:
+                        raise _Restart()
+                    self.state = "finished" if not self._stop_requested else "stopped"
+                    return
+                except _Restart:
+                    self.log.info("restarting (asked by the supervisor)")
+                    self.metrics.restarts += 1
+                    await self._stop_instance()
+                    continue
+                except Retryable as exc:
+                    self.state = "waiting"
+                    level = logging.WARNING if attempt == 0 or attempt % 10 == 0 else logging.DEBUG
+                    kind = "not ready" if isinstance(exc, NotReady) else "retrying"
+                    self.log.log(level, "%s: %s", kind, exc)
+                except RestartIntensityExceeded:
+                    raise
+                except Exception as exc:
+                    self.state = "crashed"
+                    self.metrics.restarts += 1
+                    self.log.error("crashed: %s: %s", type(exc).__name__, exc, exc_info=exc)
+                    await self._stop_instance()
+                    self.supervisor.crashed(self)  # may raise RestartIntensityExceeded
+                    if self.spec.restart == "temporary":
+                        self.log.error("restart = 'temporary': not restarting")
+                        self.state = "failed"
+                        return
+                else:  # pragma: no cover - every path above returns, continues or raises
+                    return
+                if time.monotonic() - ran_since > self.supervisor.config.backoff.max:
+                    attempt = 0  # it ran healthy for a while: start the backoff over
+                delay = self.supervisor.delay(attempt)
+                attempt += 1
+                self.state = "backoff"
+                await self._stop_instance()
+                if await self._sleep_unless_stopped(delay):
+                    self.state = "stopped"
+                    return
+        finally:
+            self.started.set()
+            await self._stop_instance()
+            self.router.close()
+            if self.dead_letter_box is not None:
+                self.dead_letter_box.close_writer()
+
+    async def _sleep_unless_stopped(self, delay: float) -> bool:
+        """Wait out a backoff; a source told to stop returns at once (True)."""
+        if self.spec.kind != "source":
+            await asyncio.sleep(delay)
+            return False
+        self._interruptible = True
+        try:
+            self._work = asyncio.create_task(asyncio.sleep(delay), name=f"edgeflow[{self.name}].backoff")
+            try:
+                await self._work
+            except asyncio.CancelledError:
+                current = asyncio.current_task()
+                if current is not None and current.cancelling():
+                    raise
+            return self._stop_requested
+        finally:
+            self._interruptible = False
+            self._work = None
+
+    async def _stop_instance(self) -> None:
+        inst, self.instance = self.instance, None
+        if inst is None:
+            return
+        try:
+            async with asyncio.timeout(5):
+                await inst.on_stop()
+        except Exception as exc:
+            self.log.warning("on_stop failed: %s: %s", type(exc).__name__, exc)
+
+    async def _loop(self, inst: Any) -> None:
+        if isinstance(inst, Source):
+            await self._source_loop(inst)
+        elif isinstance(inst, Operator):
+            await self._operator_loop(inst)
+        elif isinstance(inst, Sink):
+            if self.buffer is not None:
+                await self.buffer.run(self, inst)
+            else:
+                await self._sink_loop(inst)
+
+    # -- sources -----------------------------------------------------------------------------------
+
+    async def _source_loop(self, inst: Source) -> None:
+        m = self.metrics
+        send = self.router.send
+        while not self._stop_requested and not self._restart_requested:
+            self._interruptible = True
+            try:
+                batch = await inst.produce()
+            finally:
+                self._interruptible = False
+            if batch is None:
+                return
+            if batch:
+                n = len(batch)
+                m.in_ += n
+                m.out += n
+                m.last_activity = time.time()
+                await send(batch)
+
+    # -- operators ---------------------------------------------------------------------------------
+
+    async def _operator_loop(self, inst: Operator) -> None:
+        assert self.mailbox is not None
+        timer: asyncio.Task[None] | None = None
+        if inst.timer_interval:
+            timer = asyncio.create_task(self._timer_loop(inst, inst.timer_interval), name=f"edgeflow[{self.name}].timer")
+        try:
+            await self._operator_batches(inst)
+            out = inst.flush()
+            if out:
+                self.metrics.out += len(out)
+                await self.router.send(out)
+        finally:
+            if timer is not None:
+                timer.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await timer
+
+    async def _operator_batches(self, inst: Operator) -> None:
+        mb = self.mailbox
+        assert mb is not None
+        m = self.metrics
+        send = self.router.send
+        clock = time.perf_counter
+        while not self._restart_requested:
+            self._interruptible = True
+            try:
+                batch = await mb.get(SOURCE_BATCH)
+            finally:
+                self._interruptible = False
+            if batch is None:
+                return
+            t0 = clock()
+            try:
+                out = inst.process_batch(batch)
+            except Exception:
+                out = await self._isolate(inst, batch)
+            m.batch_done(len(batch), clock() - t0)
+            m.in_ += len(batch)
+            dropped = len(batch) - len(out)
+            if dropped > 0:
+                m.dropped += dropped
+            if out:
+                m.out += len(out)
+                await send(out)
+
+    async def _isolate(self, inst: Operator, batch: list[Message]) -> list[Message]:
+        """A batch raised: process it one message at a time and dead-letter the ones that fail."""
+        out: list[Message] = []
+        bad: list[tuple[Message, str]] = []
+        for msg in batch:
+            try:
+                out.extend(inst.process_batch([msg]))
+            except Exception as exc:
+                bad.append((msg, _reason(exc)))
+        self.metrics.dropped -= len(bad)  # counted as failed, not as dropped on purpose
+        await self.dead_letter(bad)
+        return out
+
+    async def _timer_loop(self, inst: Operator, interval: float) -> None:
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                out = inst.on_timer(time.time())
+            except Exception as exc:
+                self.log.error("on_timer failed: %s: %s", type(exc).__name__, exc, exc_info=exc)
+                if self._work is not None:
+                    self._work.cancel()
+                raise
+            if out:
+                self.metrics.out += len(out)
+                await self.router.send(out)
+
+    # -- sinks -------------------------------------------------------------------------------------
+
+    async def _sink_loop(self, inst: Sink) -> None:
+        """A sink without a persisting buffer: the message is settled once the sink delivered it."""
+        mb = self.mailbox
+        assert mb is not None
+        max_batch = inst.max_batch
+        while True:
+            self._interruptible = True
+            try:
+                batch = await mb.get(max_batch)
+            finally:
+                self._interruptible = False
+            if batch is None:
+                return
+            self.metrics.in_ += len(batch)
+            await self.deliver(inst, batch)
+            for msg in batch:
+                if msg.ack is not None:
+                    msg.ack.done()
+
+    async def deliver(self, inst: Sink, batch: list[Message]) -> list[Message]:
+        """Write a batch, retrying what may succeed later; return the messages that were dead-lettered.
+
+        Retryable failures are retried with capped, jittered backoff for as long as it takes (the
+        caller holds the batch, in memory or in its buffer). A `Permanent` failure splits the batch so
+        that only the messages the destination rejects go to the dead-letter destination.
+        """
+        m = self.metrics
+        attempt = 0
+        clock = time.perf_counter
+        while True:
+            t0 = clock()
+            try:
+                await inst.write(batch)
+            except Permanent as exc:
+                if len(batch) == 1:
+                    await self.dead_letter([(batch[0], _reason(exc))])
+                    return batch
+                failed: list[Message] = []
+                for msg in batch:
+                    failed.extend(await self.deliver(inst, [msg]))
+                return failed
+            except RETRYABLE as exc:
+                if attempt == 0 or attempt % 20 == 0:
+                    self.log.warning("delivery failed, will retry: %s", _reason(exc))
+                self.state = "retrying"
+                await asyncio.sleep(self.supervisor.delay(attempt))
+                attempt += 1
+                continue
+            m.batch_done(len(batch), clock() - t0)
+            m.out += len(batch)
+            if attempt:
+                self.log.info("delivering again after %d retries", attempt)
+                self.state = "running"
+            return []
+
+    # -- dead letters ----------------------------------------------------------------------------
+
+    async def dead_letter(self, items: list[tuple[Message, str]]) -> None:
+        """Send messages that cannot be processed or delivered to the dead-letter sink, with the reason.
+
+        Without a dead-letter sink they are logged (one line each) and settled, so nothing is lost
+        silently and nothing stalls its source.
+        """
+        if not items:
+            return
+        self.metrics.failed += len(items)
+        self.metrics.dead_lettered += len(items)
+        box = self.dead_letter_box
+        if box is None:
+            for msg, reason in items:
+                self.log.warning("dead letter (no dead_letter sink configured): %s; message %s", reason, _brief(msg))
+                if msg.ack is not None:
+                    msg.ack.done()
+            return
+        out = [
+            msg.derive(
+                {
+                    "error": reason,
+                    "actor": self.name,
+                    "source": msg.source,
+                    "topic": msg.topic,
+                    "payload": msg.payload,
+                }
+            )
+            for msg, reason in items
+        ]
+        await box.put(out)
+
+
+def _reason(exc: BaseException) -> str:
+    text = str(exc)
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def _brief(msg: Message, limit: int = 200) -> str:
+    text = repr(msg.payload)
+    if len(text) > limit:
+        text = text[:limit] + "..."
+    return f"id={msg.id} topic={msg.topic} payload={text}"

@@ -1,0 +1,217 @@
+"""The `edgeflow` command: run, validate, graph, actors, status.
+
+Exit codes: 0 success, 1 the runtime failed (restart storm, store unusable), 2 the user's input is
+wrong (invalid topology, unknown command), 3 nothing answered (`status` with no runtime running).
+Errors that are the user's to fix are printed as plain lines, never as tracebacks.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from typing import Any
+
+__all__ = ["main"]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="edgeflow", description="An actor-based edge runtime.")
+    parser.add_argument("--version", action="store_true", help="print the version and exit")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    p = sub.add_parser("run", help="run a topology until its sources finish or SIGTERM")
+    p.add_argument("file", help="the topology TOML file")
+    p.add_argument("--log-level", choices=["debug", "info", "warning", "error"], help="override node.log_level")
+
+    p = sub.add_parser("validate", help="check a topology; report every problem with file, line and key")
+    p.add_argument("file")
+    p.add_argument("--json", action="store_true", help="problems as JSON")
+
+    p = sub.add_parser("graph", help="print the wiring as Mermaid (default) or DOT")
+    p.add_argument("file")
+    p.add_argument("--format", choices=["mermaid", "dot"], default="mermaid")
+
+    p = sub.add_parser("actors", help="list the actor types with their keys and defaults")
+    p.add_argument("type", nargs="?", help="show one type (e.g. 'filter' or 'sink.file')")
+    p.add_argument("--json", action="store_true")
+
+    p = sub.add_parser("status", help="show a running runtime's actors and counters")
+    p.add_argument("file", nargs="?", help="the topology it runs (to find its data_dir)")
+    p.add_argument("--data-dir", help="the runtime's data directory (default: $EDGEFLOW_DATA_DIR or ./data)")
+    p.add_argument("--json", action="store_true")
+
+    args = parser.parse_args(argv)
+    if args.version:
+        from . import __version__
+
+        print(f"edgeflow {__version__}")
+        return 0
+    if args.command is None:
+        parser.print_help()
+        return 2
+    handler = {"run": _run, "validate": _validate, "graph": _graph, "actors": _actors, "status": _status}[args.command]
+    try:
+        return handler(args)
+    except KeyboardInterrupt:
+        return 130
+
+
+def _load(file: str) -> Any:
+    """The topology, or None after printing every problem."""
+    from .errors import ConfigError
+    from .topology import load_topology
+
+    try:
+        return load_topology(file)
+    except ConfigError as exc:
+        n = len(exc.problems)
+        for problem in exc.problems:
+            print(problem, file=sys.stderr)
+        print(f"{file}: {n} problem{'s' if n != 1 else ''}", file=sys.stderr)
+        return None
+
+
+def _validate(args: argparse.Namespace) -> int:
+    if args.json:
+        from dataclasses import asdict
+
+        from .errors import ConfigError
+        from .topology import load_topology
+
+        try:
+            load_topology(args.file)
+        except ConfigError as exc:
+            print(json.dumps({"valid": False, "problems": [asdict(p) for p in exc.problems]}, indent=2))
+            return 2
+        print(json.dumps({"valid": True, "problems": []}))
+        return 0
+    topo = _load(args.file)
+    if topo is None:
+        return 2
+    kinds = {k: sum(1 for a in topo.actors.values() if a.kind == k) for k in ("source", "operator", "sink")}
+    print(f"{args.file}: valid ({kinds['source']} sources, {kinds['operator']} operators, {kinds['sink']} sinks)")
+    return 0
+
+
+def _run(args: argparse.Namespace) -> int:
+    from .log import setup_logging
+
+    topo = _load(args.file)
+    if topo is None:
+        return 2
+    setup_logging(args.log_level or topo.node.log_level)
+    from .runtime import Runtime
+
+    try:
+        import uvloop
+
+        run = uvloop.run
+    except ImportError:  # uvloop is optional (not on every platform)
+        import asyncio
+
+        run = asyncio.run
+    from .errors import StoreError
+
+    try:
+        code: int = run(Runtime(topo).run())
+    except StoreError as exc:
+        print(f"edgeflow: {exc}", file=sys.stderr)
+        return 1
+    return code
+
+
+def _graph(args: argparse.Namespace) -> int:
+    topo = _load(args.file)
+    if topo is None:
+        return 2
+    from .graph import to_dot, to_mermaid
+
+    print(to_mermaid(topo) if args.format == "mermaid" else to_dot(topo))
+    return 0
+
+
+def _actors(args: argparse.Namespace) -> int:
+    from .registry import KINDS, Registry, RegistryError
+    from .schema import describe_config
+
+    registry = Registry()
+    wanted: tuple[str | None, str | None] = (None, None)
+    if args.type:
+        kind, _, type_ = args.type.rpartition(".")
+        wanted = (kind or None, type_)
+    doc: dict[str, Any] = {}
+    for kind in KINDS:
+        for type_ in registry.types(kind):
+            if wanted[1] is not None and (type_ != wanted[1] or (wanted[0] and wanted[0] != kind)):
+                continue
+            try:
+                cls = registry.load(kind, type_)
+            except RegistryError as exc:
+                doc[f"{kind}.{type_}"] = {"error": str(exc)}
+                continue
+            summary = (cls.__doc__ or "").strip().splitlines()
+            doc[f"{kind}.{type_}"] = {
+                "kind": kind,
+                "type": type_,
+                "summary": summary[0] if summary else "",
+                "keys": describe_config(cls.Config),
+            }
+    if not doc:
+        print(f"edgeflow: no actor type {args.type!r}", file=sys.stderr)
+        return 2
+    if args.json:
+        print(json.dumps(doc, indent=2, default=str))
+        return 0
+    for name, info in doc.items():
+        if "error" in info:
+            print(f"{name}: {info['error']}")
+            continue
+        print(f"{name}: {info['summary']}")
+        for row in info["keys"]:
+            default = "required" if row["required"] else f"default {row['default']!r}"
+            print(f"    {row['key']:<16} {row['type']:<22} {default:<24} {row['doc']}")
+    return 0
+
+
+def _status(args: argparse.Namespace) -> int:
+    from .status import query_status, socket_path
+
+    data_dir = args.data_dir
+    if data_dir is None and args.file:
+        topo = _load(args.file)
+        if topo is None:
+            return 2
+        data_dir = topo.node.data_dir
+    if data_dir is None:
+        data_dir = os.environ.get("EDGEFLOW_DATA_DIR", "./data")
+    path = socket_path(data_dir)
+    try:
+        doc = query_status(path)
+    except OSError as exc:
+        print(f"edgeflow: no runtime answers on {path}: {exc.strerror or exc}", file=sys.stderr)
+        return 3
+    if args.json:
+        print(json.dumps(doc, indent=2))
+        return 0
+    print(f"node {doc['node']}  {doc['state']}  up {doc['uptime_s']}s  edgeflow {doc['version']}  ({doc['topology']})")
+    header = f"{'actor':<16} {'kind':<9} {'state':<9} {'in':>10} {'out':>10} {'dropped':>8} {'failed':>7} {'restarts':>8} {'mailbox':>10}"
+    print(header)
+    for name, a in doc["actors"].items():
+        mb = a.get("mailbox")
+        depth = f"{mb['depth']}/{mb['capacity']}" if mb else "-"
+        dropped = a["dropped"] + (mb["dropped"] if mb else 0)
+        print(
+            f"{name:<16} {a['kind']:<9} {a['state']:<9} {a['in']:>10} {a['out']:>10} {dropped:>8} "
+            f"{a['failed']:>7} {a['restarts']:>8} {depth:>10}"
+        )
+        buf = a.get("buffer")
+        if buf:
+            print("    buffer: " + ", ".join(f"{k}={v}" for k, v in buf.items()))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
+
