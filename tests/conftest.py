@@ -1,0 +1,75 @@
+"""Shared test helpers: topology files in tmp dirs, the CLI as a real child process, waiting on conditions."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+PLUGINS = str(Path(__file__).parent / "plugins")
+if PLUGINS not in sys.path:
+    sys.path.insert(0, PLUGINS)  # test actors, found through their entry points like any plugin
+
+EDGEFLOW = [sys.executable, "-m", "edgeflow.cli"]
+
+
+def child_env(**extra: str) -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (PLUGINS, env.get("PYTHONPATH", "")) if p)
+    env.pop("NOTIFY_SOCKET", None)
+    env.pop("JOURNAL_STREAM", None)
+    env.update(extra)
+    return env
+
+
+def wait_until(condition: Callable[[], Any], timeout: float = 10.0, what: str = "condition") -> Any:
+    """Poll `condition` until it returns something truthy; fail the test after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(0.02)  # polling interval of a condition with a deadline, not a synchronisation guess
+
+
+def read_jsonl(path: Path) -> list[Any]:
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+@pytest.fixture
+def topology(tmp_path: Path) -> Callable[[str], Path]:
+    """Write a topology (with node.data_dir in tmp_path unless given) and return its path."""
+
+    def write(text: str, name: str = "topology.toml") -> Path:
+        if "[node]" not in text:
+            text = f'[node]\nid = "test"\ndata_dir = "{tmp_path / "data"}"\n\n' + text
+        path = tmp_path / name
+        path.write_text(text)
+        return path
+
+    return write
+
+
+def run_cli(*args: str, timeout: float = 60, **env: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*EDGEFLOW, *args], capture_output=True, text=True, timeout=timeout, env=child_env(**env))
+
+
+def start_runtime(path: Path, *extra: str, **env: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [*EDGEFLOW, "run", str(path), *extra],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=child_env(**env),
+    )

@@ -1,0 +1,92 @@
+"""Actors for edgeflow's tests, installed through a real entry-point list (tests/plugins on the path).
+
+In-process tests reach the instances through the class-level registries below, keyed by actor name.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import ClassVar
+
+from edgeflow import Config, Message, Permanent, Retryable, Sink, Source, field
+
+
+class CrasherConfig(Config):
+    where: str = field("produce", doc="'produce' or 'start': which hook raises")
+
+
+class Crasher(Source):
+    """Raises on every attempt: a bug that restarts cannot fix."""
+
+    Config = CrasherConfig
+
+    async def on_start(self) -> None:
+        if self.config.where == "start":
+            raise RuntimeError("crasher: on_start always fails")
+
+    async def produce(self) -> list[Message] | None:
+        raise RuntimeError("crasher: produce always fails")
+
+
+class Gate(Sink):
+    """Blocks every write until the test opens its gate (`Gate.gates[name].set()`)."""
+
+    gates: ClassVar[dict[str, asyncio.Event]] = {}
+    received: ClassVar[dict[str, list[Message]]] = {}
+    max_batch = 64
+
+    async def on_start(self) -> None:
+        self.gates.setdefault(self.name, asyncio.Event())
+        self.received.setdefault(self.name, [])
+
+    async def write(self, batch: list[Message]) -> None:
+        await self.gates[self.name].wait()
+        self.received[self.name].extend(batch)
+
+
+class Collect(Sink):
+    """Keeps everything it is given, in order."""
+
+    received: ClassVar[dict[str, list[Message]]] = {}
+
+    async def on_start(self) -> None:
+        self.received.setdefault(self.name, [])
+
+    async def write(self, batch: list[Message]) -> None:
+        self.received[self.name].extend(batch)
+
+
+class Reject(Sink):
+    """Rejects (Permanent) every message whose payload has `bad = true`; keeps the others."""
+
+    received: ClassVar[dict[str, list[Message]]] = {}
+
+    async def on_start(self) -> None:
+        self.received.setdefault(self.name, [])
+
+    async def write(self, batch: list[Message]) -> None:
+        if any(isinstance(m.payload, dict) and m.payload.get("bad") for m in batch):
+            raise Permanent("rejected: bad = true")
+        self.received[self.name].extend(batch)
+
+
+class FlakyConfig(Config):
+    failures: int = field(3, doc="how many writes fail (Retryable) before they succeed")
+
+
+class Flaky(Sink):
+    """Fails the first `failures` writes with a retryable error, then delivers."""
+
+    Config = FlakyConfig
+    received: ClassVar[dict[str, list[Message]]] = {}
+    attempts: ClassVar[dict[str, int]] = {}
+
+    async def on_start(self) -> None:
+        self.received.setdefault(self.name, [])
+        self.attempts.setdefault(self.name, 0)
+
+    async def write(self, batch: list[Message]) -> None:
+        self.attempts[self.name] += 1
+        if self.attempts[self.name] <= self.config.failures:
+            raise Retryable("flaky: destination unavailable")
+        self.received[self.name].extend(batch)
