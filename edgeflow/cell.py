@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 from .actor import Context, Operator, Sink, Source
 from .errors import NotReady, Permanent, RestartIntensityExceeded, Retryable
 from .mailbox import Mailbox
-from .message import Message
+from .message import Ack, Message
 from .metrics import ActorMetrics
 
 if TYPE_CHECKING:
@@ -90,6 +90,7 @@ class Cell:
         self.state = "idle"
         self.instance: Any = None
         self.buffer: SinkBuffer | None = None
+        self.stop_timeout = 20.0  # node.stop_timeout: how long a stop may spend draining
         self.started = asyncio.Event()  # set once the first on_start succeeded (or the cell ended)
         self.log = logging.getLogger(f"edgeflow.actor.{spec.name}")
         self._work: asyncio.Task[None] | None = None
@@ -145,7 +146,9 @@ class Cell:
                     await self.instance.on_start()
                     self.state = "running"
                     self.started.set()
-                    self._work = asyncio.create_task(self._loop(self.instance), name=f"edgeflow[{self.name}].loop")
+                    self._work = asyncio.create_task(
+                        self._loop(self.instance), name=f"edgeflow[{self.name}].loop"
+                    )
                     try:
                         await self._work
                     except asyncio.CancelledError:
@@ -186,8 +189,6 @@ class Cell:
                         self.log.error("restart = 'temporary': not restarting")
                         self.state = "failed"
                         return
-                else:  # pragma: no cover - every path above returns, continues or raises
-                    return
                 if time.monotonic() - ran_since > self.supervisor.config.backoff.max:
                     attempt = 0  # it ran healthy for a while: start the backoff over
                 delay = self.supervisor.delay(attempt)
@@ -270,7 +271,9 @@ class Cell:
         assert self.mailbox is not None
         timer: asyncio.Task[None] | None = None
         if inst.timer_interval:
-            timer = asyncio.create_task(self._timer_loop(inst, inst.timer_interval), name=f"edgeflow[{self.name}].timer")
+            timer = asyncio.create_task(
+                self._timer_loop(inst, inst.timer_interval), name=f"edgeflow[{self.name}].timer"
+            )
         try:
             await self._operator_batches(inst)
             out = inst.flush()
@@ -401,7 +404,9 @@ class Cell:
         """Send messages that cannot be processed or delivered to the dead-letter sink, with the reason.
 
         Without a dead-letter sink they are logged (one line each) and settled, so nothing is lost
-        silently and nothing stalls its source.
+        silently and nothing stalls its source. A message that carries no acknowledgement (it comes
+        from a persisting buffer, which deletes it next) gets one here, and this returns only once
+        the dead-letter sink has it durably: the copy must exist before the original goes.
         """
         if not items:
             return
@@ -414,19 +419,28 @@ class Cell:
                 if msg.ack is not None:
                     msg.ack.done()
             return
-        out = [
-            msg.derive(
-                {
-                    "error": reason,
-                    "actor": self.name,
-                    "source": msg.source,
-                    "topic": msg.topic,
-                    "payload": msg.payload,
-                }
+        loop = asyncio.get_running_loop()
+        settled: asyncio.Future[None] = loop.create_future()
+        unacked = [msg for msg, _ in items if msg.ack is None]
+        tracker = None
+        if unacked:
+            def done() -> None:
+                if not settled.done():
+                    settled.set_result(None)
+
+            tracker = Ack(done)
+            tracker.pending = len(unacked)
+        out = []
+        for msg, reason in items:
+            dead = msg.derive(
+                {"error": reason, "actor": self.name, "source": msg.source, "topic": msg.topic, "payload": msg.payload}
             )
-            for msg, reason in items
-        ]
+            if dead.ack is None:
+                dead.ack = tracker
+            out.append(dead)
         await box.put(out)
+        if tracker is not None:
+            await settled
 
 
 def _reason(exc: BaseException) -> str:

@@ -89,6 +89,4 @@ class RestartIntensityExceeded(EdgeflowError):
         self.actor = actor
         self.restarts = restarts
         self.within = within
-        super().__init__(
-            f"actor {actor!r} pushed restarts past {restarts} within {within:g}s; giving up"
-        )
+        super().__init__(f"actor {actor!r} pushed restarts past {restarts} within {within:g}s; giving up")

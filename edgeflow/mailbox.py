@@ -28,7 +28,17 @@ Overflow = Literal["block", "drop_oldest", "drop_newest"]
 
 
 class Mailbox:
-    __slots__ = ("_getter", "_putters", "_q", "capacity", "dropped", "name", "overflow", "received", "writers")
+    __slots__ = (
+        "_getter",
+        "_putters",
+        "_q",
+        "capacity",
+        "dropped",
+        "name",
+        "overflow",
+        "received",
+        "writers",
+    )
 
     def __init__(self, name: str, capacity: int, overflow: Overflow = "block", writers: int = 0) -> None:
         self.name = name

@@ -96,7 +96,9 @@ class Message:
         return m
 
     def __repr__(self) -> str:
-        return f"Message(id={self.id!r}, source={self.source!r}, topic={self.topic!r}, payload={self.payload!r})"
+        return (
+            f"Message(id={self.id!r}, source={self.source!r}, topic={self.topic!r}, payload={self.payload!r})"
+        )
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, Message):
@@ -115,7 +117,8 @@ class Message:
 
 def encode(m: Message) -> bytes:
     """The storage form: msgpack of (id, source, topic, ts, headers, payload). The ack is not kept."""
-    return msgpack.packb((m.id, m.source, m.topic, m.ts, m.headers, m.payload), use_bin_type=True)
+    data: bytes = msgpack.packb((m.id, m.source, m.topic, m.ts, m.headers, m.payload), use_bin_type=True)
+    return data
 
 
 def decode(data: bytes) -> Message:

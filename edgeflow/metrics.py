@@ -9,7 +9,17 @@ __all__ = ["ActorMetrics"]
 
 
 class ActorMetrics:
-    __slots__ = ("busy", "dead_lettered", "dropped", "failed", "in_", "last_activity", "latency", "out", "restarts")
+    __slots__ = (
+        "busy",
+        "dead_lettered",
+        "dropped",
+        "failed",
+        "in_",
+        "last_activity",
+        "latency",
+        "out",
+        "restarts",
+    )
 
     def __init__(self) -> None:
         self.in_ = 0  # messages taken in (from the mailbox, or produced by a source)

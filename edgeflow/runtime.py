@@ -56,7 +56,7 @@ class Runtime:
             if a.kind != "source":
                 boxes[a.name] = Mailbox(a.name, a.mailbox, a.overflow)
         for a in topo.actors.values():
-            for inp in a.inputs:
+            for _ in a.inputs:
                 boxes[a.name].add_writer()
             if a.dead_letter:
                 boxes[a.dead_letter].add_writer()
@@ -65,6 +65,7 @@ class Runtime:
             router = Router([boxes[c] for c in topo.consumers(name)])
             dl = boxes[a.dead_letter] if a.dead_letter else None
             cell = Cell(a, context, self.supervisor, boxes.get(name), router, dl)
+            cell.stop_timeout = topo.node.stop_timeout
             self.cells[name] = cell
         self.supervisor.attach(list(self.cells.values()))
 
@@ -76,7 +77,9 @@ class Runtime:
         from .sinkbuffer import SinkBuffer
         from .store import Store
 
-        self.store = await Store.open(self.data_dir / "edgeflow.db", synchronous=self.topology.node.synchronous)
+        self.store = await Store.open(
+            self.data_dir / "edgeflow.db", synchronous=self.topology.node.synchronous
+        )
         for a in persisting:
             assert a.buffer is not None
             self.cells[a.name].buffer = SinkBuffer(self.store.buffer(a.name), a.buffer)
@@ -161,9 +164,13 @@ class Runtime:
     async def _stop_deadline(self, tasks: list[asyncio.Task[None]]) -> None:
         await self._stop_event.wait()
         timeout = self.topology.node.stop_timeout
-        done, pending = await asyncio.wait(tasks, timeout=timeout)
+        _, pending = await asyncio.wait(tasks, timeout=timeout)
         if pending:
-            left = {c.name: len(c.mailbox) for c in self.cells.values() if c.mailbox is not None and len(c.mailbox)}
+            left = {
+                c.name: len(c.mailbox)
+                for c in self.cells.values()
+                if c.mailbox is not None and len(c.mailbox)
+            }
             log.error(
                 "stop did not finish within %.3gs; giving up on %d actors; messages still in memory: %s",
                 timeout,

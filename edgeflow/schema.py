@@ -27,7 +27,7 @@ import types
 import typing
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Annotated, Any, Literal, dataclass_transform, get_args, get_origin
+from typing import TYPE_CHECKING, Annotated, Any, Literal, get_args, get_origin
 
 from .errors import ConfigProblem, ExpressionError
 
@@ -108,9 +108,13 @@ def field(
     return dataclasses.field(default=default, metadata=meta)
 
 
-@dataclass_transform(kw_only_default=True, field_specifiers=(field, dataclasses.field))
 class Config:
     """Base of every declared configuration; subclasses become keyword-only dataclasses."""
+
+    if TYPE_CHECKING:
+        # `field(default, doc=...)` passes the default positionally, which dataclass_transform cannot
+        # express; so type checkers see a keyword constructor and the annotated attributes.
+        def __init__(self, **values: Any) -> None: ...
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -198,10 +202,14 @@ def _type_name(tp: Any) -> str:
         return "table"
     if tp is Any:
         return "any value"
-    return {str: "string", int: "integer", float: "number", bool: "boolean"}.get(tp, getattr(tp, "__name__", str(tp)))
+    return {str: "string", int: "integer", float: "number", bool: "boolean"}.get(
+        tp, getattr(tp, "__name__", str(tp))
+    )
 
 
-def _convert(tp: Any, raw: Any, path: tuple[str, ...], problems: Problems, meta: Mapping[str, Any]) -> tuple[bool, Any]:
+def _convert(
+    tp: Any, raw: Any, path: tuple[str, ...], problems: Problems, meta: Mapping[str, Any]
+) -> tuple[bool, Any]:
     origin = get_origin(tp)
     if origin is Annotated:
         base, kind = get_args(tp)[:2]
@@ -221,7 +229,9 @@ def _convert(tp: Any, raw: Any, path: tuple[str, ...], problems: Problems, meta:
         choices = get_args(tp)
         if raw not in choices:
             hint = suggest(str(raw), [str(c) for c in choices])
-            problems.add(path, f"expected one of {', '.join(repr(c) for c in choices)}, got {_show(raw)}{hint}")
+            problems.add(
+                path, f"expected one of {', '.join(repr(c) for c in choices)}, got {_show(raw)}{hint}"
+            )
             return False, None
         return True, raw
     if origin is list:
@@ -256,13 +266,15 @@ def _convert(tp: Any, raw: Any, path: tuple[str, ...], problems: Problems, meta:
         return True, raw
     if tp is float and isinstance(raw, int) and not isinstance(raw, bool):
         raw = float(raw)
-    if tp is int and isinstance(raw, bool) or not isinstance(raw, tp):
+    if (tp is int and isinstance(raw, bool)) or not isinstance(raw, tp):
         problems.add(path, f"expected {_type_name(tp)}, got {_show(raw)}")
         return False, None
     return _check_bounds(raw, path, problems, meta)
 
 
-def _check_bounds(value: Any, path: tuple[str, ...], problems: Problems, meta: Mapping[str, Any]) -> tuple[bool, Any]:
+def _check_bounds(
+    value: Any, path: tuple[str, ...], problems: Problems, meta: Mapping[str, Any]
+) -> tuple[bool, Any]:
     ge, le = meta.get("ge"), meta.get("le")
     if ge is not None and value < ge:
         problems.add(path, f"must be at least {ge:g}, got {value!r}")
@@ -273,7 +285,9 @@ def _check_bounds(value: Any, path: tuple[str, ...], problems: Problems, meta: M
     return True, value
 
 
-def _convert_kind(kind: _Kind, base: Any, raw: Any, path: tuple[str, ...], problems: Problems) -> tuple[bool, Any]:
+def _convert_kind(
+    kind: _Kind, base: Any, raw: Any, path: tuple[str, ...], problems: Problems
+) -> tuple[bool, Any]:
     from . import units
 
     try:

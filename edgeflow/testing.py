@@ -28,7 +28,13 @@ __all__ = ["build", "collect", "messages", "run_operator", "run_sink", "tracked"
 A = TypeVar("A", bound=Actor)
 
 
-def build(cls: type[A], config: Mapping[str, Any] | None = None, *, name: str = "under_test", context: Context | None = None) -> A:
+def build(
+    cls: type[A],
+    config: Mapping[str, Any] | None = None,
+    *,
+    name: str = "under_test",
+    context: Context | None = None,
+) -> A:
     """An actor instance with `config` checked as a topology would check it."""
     problems = Problems("<test>", lambda path: None)
     built = build_config(cls.Config, dict(config or {}), (cls.kind + "s", name), problems)
@@ -52,7 +58,9 @@ def tracked(msgs: list[Message]) -> list[list[int]]:
     return settled
 
 
-async def run_operator(cls: type[Operator], config: Mapping[str, Any] | None, batch: list[Message]) -> list[Message]:
+async def run_operator(
+    cls: type[Operator], config: Mapping[str, Any] | None, batch: list[Message]
+) -> list[Message]:
     """Start the operator, process `batch` as one batch, flush, stop; everything it emitted."""
     op = build(cls, config)
     await op.on_start()

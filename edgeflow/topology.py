@@ -7,6 +7,7 @@ and the key path, so a person fixes a file in one pass instead of one error per 
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import socket
 from collections.abc import Mapping
@@ -96,6 +97,7 @@ class _SinkKeys(_OperatorKeys):
     buffer: BufferConfig = field(default_factory=BufferConfig)
 
 
+_SINK_KEYS = [f.name for f in dataclasses.fields(_SinkKeys)]  # type: ignore[arg-type]
 _COMMON: dict[str, type[_SourceKeys]] = {"source": _SourceKeys, "operator": _OperatorKeys, "sink": _SinkKeys}
 
 COMMON_KEYS_DOC: dict[str, str] = {
@@ -192,7 +194,10 @@ def parse_topology(
     p = Problems(file, line_of)
     for key in data:
         if key not in ("node", "supervisor", "control", "connections", *SECTIONS):
-            p.add((key,), f"unknown table{suggest(key, ['node', 'supervisor', 'control', 'connections', *SECTIONS])}")
+            p.add(
+                (key,),
+                f"unknown table{suggest(key, ['node', 'supervisor', 'control', 'connections', *SECTIONS])}",
+            )
 
     node = _table(NodeConfig, data, "node", p) or NodeConfig()
     supervisor = _table(SupervisorConfig, data, "supervisor", p) or SupervisorConfig()
@@ -255,7 +260,9 @@ def _tables(data: Mapping[str, Any], key: str, p: Problems) -> dict[str, dict[st
 def _load(registry: Registry, kind: str, type_: str, path: tuple[str, ...], p: Problems) -> Any:
     if not registry.has(kind, type_):
         known = registry.types(kind)
-        p.add(path, f"unknown {kind} type {type_!r}{suggest(type_, known)}; known: {', '.join(known) or 'none'}")
+        p.add(
+            path, f"unknown {kind} type {type_!r}{suggest(type_, known)}; known: {', '.join(known) or 'none'}"
+        )
         return None
     try:
         return registry.load(kind, type_)
@@ -264,7 +271,9 @@ def _load(registry: Registry, kind: str, type_: str, path: tuple[str, ...], p: P
         return None
 
 
-def _actor(registry: Registry, section: str, kind: str, name: str, raw: dict[str, Any], p: Problems) -> ActorSpec | None:
+def _actor(
+    registry: Registry, section: str, kind: str, name: str, raw: dict[str, Any], p: Problems
+) -> ActorSpec | None:
     path = (section, name)
     type_ = raw.get("type")
     if not isinstance(type_, str):
@@ -275,13 +284,15 @@ def _actor(registry: Registry, section: str, kind: str, name: str, raw: dict[str
         raw = {k: v for k, v in raw.items() if k != "inputs"}
     cls = _load(registry, kind, type_, (*path, "type"), p)
     keys_cls = _COMMON[kind]
-    common_names = [f for f in keys_cls.__dataclass_fields__]
+    common_names = [f.name for f in dataclasses.fields(keys_cls)]  # type: ignore[arg-type]
     common_raw = {k: v for k, v in raw.items() if k in common_names}
     actor_raw = {k: v for k, v in raw.items() if k not in common_names}
     common = build_config(keys_cls, common_raw, path, p)
     config = None
     if cls is not None:
-        config = build_config(cls.Config, actor_raw, path, p, ignore=[n for n in _COMMON["sink"].__dataclass_fields__])
+        config = build_config(
+            cls.Config, actor_raw, path, p, ignore=_SINK_KEYS
+        )
     if common is None or config is None:
         return None
     c: Any = common
@@ -302,9 +313,11 @@ def _actor(registry: Registry, section: str, kind: str, name: str, raw: dict[str
 
 
 def _check_graph(data: Mapping[str, Any], actors: dict[str, ActorSpec], p: Problems) -> None:
-    known = {n for sec in SECTIONS for n in (data.get(sec) or {})} if all(
-        isinstance(data.get(s, {}), dict) for s in SECTIONS
-    ) else set(actors)
+    known = (
+        {n for sec in SECTIONS for n in (data.get(sec) or {})}
+        if all(isinstance(data.get(s, {}), dict) for s in SECTIONS)
+        else set(actors)
+    )
     sinks = {n for n, a in actors.items() if a.kind == "sink"}
     dead_letter_targets = {a.dead_letter for a in actors.values() if a.dead_letter}
     for a in actors.values():
@@ -320,10 +333,15 @@ def _check_graph(data: Mapping[str, Any], actors: dict[str, ActorSpec], p: Probl
         if a.kind == "operator" and not a.inputs:
             p.add((section, a.name, "inputs"), "an operator needs at least one input")
         if a.kind == "sink" and not a.inputs and a.name not in dead_letter_targets:
-            p.add((section, a.name, "inputs"), "a sink needs at least one input (or to be a dead_letter target)")
+            p.add(
+                (section, a.name, "inputs"), "a sink needs at least one input (or to be a dead_letter target)"
+            )
         if a.dead_letter is not None:
             if a.dead_letter not in sinks:
-                p.add((section, a.name, "dead_letter"), f"dead_letter must name a sink{suggest(a.dead_letter, sorted(sinks))}")
+                p.add(
+                    (section, a.name, "dead_letter"),
+                    f"dead_letter must name a sink{suggest(a.dead_letter, sorted(sinks))}",
+                )
             elif a.dead_letter == a.name:
                 p.add((section, a.name, "dead_letter"), "a sink cannot be its own dead-letter destination")
         if a.kind != "sink" and not any(a.name in b.inputs for b in actors.values()):

@@ -105,7 +105,9 @@ def case_bare(count: int) -> dict[str, float]:
                 )
             await q1.put(None)
 
-        async def hop(a: asyncio.Queue[dict[str, object] | None], b: asyncio.Queue[dict[str, object] | None]) -> None:
+        async def hop(
+            a: asyncio.Queue[dict[str, object] | None], b: asyncio.Queue[dict[str, object] | None]
+        ) -> None:
             while True:
                 item = await a.get()
                 await b.put(item)
@@ -118,7 +120,11 @@ def case_bare(count: int) -> dict[str, float]:
                 n += 1
             return n
 
-        tasks = [asyncio.create_task(produce()), asyncio.create_task(hop(q1, q2)), asyncio.create_task(hop(q2, q3))]
+        tasks = [
+            asyncio.create_task(produce()),
+            asyncio.create_task(hop(q1, q2)),
+            asyncio.create_task(hop(q2, q3)),
+        ]
         n = await consume()
         await asyncio.gather(*tasks)
         return n
@@ -136,7 +142,10 @@ def child(case: str, count: int) -> None:
 
 def run_case(case: str, count: int) -> dict[str, float]:
     out = subprocess.run(
-        [sys.executable, __file__, "--child", case, "--count", str(count)], check=True, capture_output=True, text=True
+        [sys.executable, __file__, "--child", case, "--count", str(count)],
+        check=True,
+        capture_output=True,
+        text=True,
     )
     result: dict[str, float] = json.loads(out.stdout.strip().splitlines()[-1])
     return result
@@ -163,9 +172,8 @@ def main() -> None:
     }
     for case, r in rows.items():
         rate = args.count / r["wall"]
-        print(
-            f"{labels[case]:<44} {rate:>12,.0f} {r['cpu']:>8.2f} {r['cpu'] / args.count * 1e6:>11.2f} {r['rss_mb']:>12.1f}"
-        )
+        per = r["cpu"] / args.count * 1e6
+        print(f"{labels[case]:<44} {rate:>12,.0f} {r['cpu']:>8.2f} {per:>11.2f} {r['rss_mb']:>12.1f}")
     ratio = rows["bare"]["wall"] / rows["edgeflow"]["wall"]
     print(f"edgeflow / bare throughput: {ratio:.2f}x (target >= 1.0x)")
 

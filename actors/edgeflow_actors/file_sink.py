@@ -21,7 +21,9 @@ __all__ = ["FileSink"]
 class FileSinkConfig(Config):
     path: str = field(doc="the file to append to (its directory is created)")
     format: Literal["jsonl"] = field("jsonl", doc="one JSON document per line")
-    include_meta: bool = field(False, doc="write {id, source, topic, ts, payload} instead of the payload alone")
+    include_meta: bool = field(
+        False, doc="write {id, source, topic, ts, payload} instead of the payload alone"
+    )
     max_bytes: Size = field(64 * 2**20, doc="rotate when the file would grow past this (0 = never)")
     max_files: int = field(5, ge=0, doc="rotated files to keep (path.1 is the newest)")
     fsync: bool = field(False, doc="fsync after every batch (survives a power cut; slower on SD cards)")
