@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from .message import Message
+from .message import Ack, Message
 from .schema import Config
 
 if TYPE_CHECKING:
@@ -48,12 +48,23 @@ class Context:
 class Actor:
     kind: ClassVar[str] = ""
     Config: ClassVar[type[Config]] = EmptyConfig
+    #: True when the actor keeps durable state (offsets, windows) in `context.store`.
+    needs_store: ClassVar[bool] = False
 
     def __init__(self, name: str, config: Any, context: Context) -> None:
         self.name = name
         self.config = config
         self.context = context
         self.log = logging.getLogger(f"edgeflow.actor.{name}")
+        self.rejected: list[tuple[Message, str]] = []
+
+    def reject(self, payload: Any, reason: str, *, topic: str | None = None, ack: Ack | None = None) -> None:
+        """Hand input that cannot become a message (a line of garbage) to the dead-letter destination.
+
+        The runtime sends it after the current hook returns, with `reason`; `ack` (if any) is settled
+        once the dead-letter copy is durable, like any other message.
+        """
+        self.rejected.append((Message(payload, self.name, topic, ack=ack), reason))
 
     async def on_start(self) -> None:
         """Runs before the first batch, on every (re)start. Raise `NotReady` to be retried later."""

@@ -146,9 +146,7 @@ class Cell:
                     await self.instance.on_start()
                     self.state = "running"
                     self.started.set()
-                    self._work = asyncio.create_task(
-                        self._loop(self.instance), name=f"edgeflow[{self.name}].loop"
-                    )
+                    self._work = asyncio.create_task(self._loop(self.instance), name=f"edgeflow[{self.name}].loop")
                     try:
                         await self._work
                     except asyncio.CancelledError:
@@ -256,6 +254,9 @@ class Cell:
                 batch = await inst.produce()
             finally:
                 self._interruptible = False
+            if inst.rejected:
+                rejected, inst.rejected = inst.rejected, []
+                await self.dead_letter(rejected)
             if batch is None:
                 return
             if batch:
@@ -307,6 +308,9 @@ class Cell:
                 out = await self._isolate(inst, batch)
             m.batch_done(len(batch), clock() - t0)
             m.in_ += len(batch)
+            if inst.rejected:
+                rejected, inst.rejected = inst.rejected, []
+                await self.dead_letter(rejected)
             dropped = len(batch) - len(out)
             if dropped > 0:
                 m.dropped += dropped
@@ -424,6 +428,7 @@ class Cell:
         unacked = [msg for msg, _ in items if msg.ack is None]
         tracker = None
         if unacked:
+
             def done() -> None:
                 if not settled.done():
                     settled.set_result(None)

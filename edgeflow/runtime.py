@@ -71,7 +71,7 @@ class Runtime:
 
     async def _open_store(self) -> None:
         persisting = [a for a in self.topology.actors.values() if a.persist]
-        stateful = [a for a in self.topology.actors.values() if getattr(a.cls, "needs_store", False)]
+        stateful = [a for a in self.topology.actors.values() if a.cls.needs_store]
         if not persisting and not stateful:
             return
         from .sinkbuffer import SinkBuffer

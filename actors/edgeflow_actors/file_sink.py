@@ -21,9 +21,7 @@ __all__ = ["FileSink"]
 class FileSinkConfig(Config):
     path: str = field(doc="the file to append to (its directory is created)")
     format: Literal["jsonl"] = field("jsonl", doc="one JSON document per line")
-    include_meta: bool = field(
-        False, doc="write {id, source, topic, ts, payload} instead of the payload alone"
-    )
+    include_meta: bool = field(False, doc="write {id, source, topic, ts, payload} instead of the payload alone")
     max_bytes: Size = field(64 * 2**20, doc="rotate when the file would grow past this (0 = never)")
     max_files: int = field(5, ge=0, doc="rotated files to keep (path.1 is the newest)")
     fsync: bool = field(False, doc="fsync after every batch (survives a power cut; slower on SD cards)")
@@ -45,7 +43,7 @@ class FileSink(Sink):
     def _open(self) -> IO[bytes]:
         if self._fh is None:
             self._fh = open(self._path, "ab")  # noqa: SIM115 - held open across batches, closed in on_stop
-            self._size = self._fh.tell()
+            self._size = self._fh.seek(0, os.SEEK_END)
         return self._fh
 
     def _rotate(self) -> None:
@@ -62,24 +60,36 @@ class FileSink(Sink):
                 os.replace(older, self._path.with_name(f"{self._path.name}.{i + 1}"))
         os.replace(self._path, self._path.with_name(f"{self._path.name}.1"))
 
-    def _encode(self, batch: list[Message]) -> bytes:
+    def _encode(self, batch: list[Message]) -> list[bytes]:
         dumps = json.JSONEncoder(separators=(",", ":"), default=repr, ensure_ascii=False).encode
         if self.config.include_meta:
-            lines = [
-                dumps({"id": m.id, "source": m.source, "topic": m.topic, "ts": m.ts, "payload": m.payload})
+            return [
+                (
+                    dumps({"id": m.id, "source": m.source, "topic": m.topic, "ts": m.ts, "payload": m.payload}) + "\n"
+                ).encode()
                 for m in batch
             ]
-        else:
-            lines = [dumps(m.payload) for m in batch]
-        lines.append("")
-        return "\n".join(lines).encode()
+        return [(dumps(m.payload) + "\n").encode() for m in batch]
 
-    def _append(self, data: bytes) -> None:
-        fh = self._open()
+    def _append(self, lines: list[bytes]) -> None:
+        """Write whole lines, rotating between lines so that no file grows past `max_bytes`."""
         limit = self.config.max_bytes
-        if limit and self._size and self._size + len(data) > limit:
-            self._rotate()
-            fh = self._open()
+        chunk: list[bytes] = []
+        size = self._size
+        for line in lines:
+            if limit and size and size + len(line) > limit:
+                if chunk:
+                    self._write(b"".join(chunk))
+                    chunk = []
+                self._rotate()
+                size = 0
+            chunk.append(line)
+            size += len(line)
+        if chunk:
+            self._write(b"".join(chunk))
+
+    def _write(self, data: bytes) -> None:
+        fh = self._open()
         start = self._size
         try:
             fh.write(data)
@@ -96,9 +106,9 @@ class FileSink(Sink):
         self._size += len(data)
 
     async def write(self, batch: list[Message]) -> None:
-        data = self._encode(batch)
+        lines = self._encode(batch)
         # The write runs in a thread: a slow SD card must not stall every other actor's loop.
-        await asyncio.to_thread(self._append, data)
+        await asyncio.to_thread(self._append, lines)
 
     async def on_stop(self) -> None:
         if self._fh is not None:

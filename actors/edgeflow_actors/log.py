@@ -34,9 +34,5 @@ class LogSink(Sink):
         for m in batch:
             self._n += 1
             if self._n % every == 0:
-                body = (
-                    json.dumps(m.payload, default=repr)
-                    if not isinstance(m.payload, bytes)
-                    else repr(m.payload)
-                )
+                body = json.dumps(m.payload, default=repr) if not isinstance(m.payload, bytes) else repr(m.payload)
                 log.log(self._level, "%s %s", m.topic or m.source, body)

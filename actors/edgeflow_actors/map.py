@@ -10,9 +10,7 @@ __all__ = ["Map"]
 
 
 class MapConfig(Config):
-    set: dict[str, Expr] = field(
-        default_factory=dict, doc='fields to set, e.g. { temp_f = "temp * 9 / 5 + 32" }'
-    )
+    set: dict[str, Expr] = field(default_factory=dict, doc='fields to set, e.g. { temp_f = "temp * 9 / 5 + 32" }')
     drop: list[str] = field(default_factory=list, doc="fields to remove")
 
 
