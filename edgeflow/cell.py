@@ -63,6 +63,20 @@ class Router:
     def close(self) -> None:
         for mb in self.targets:
             mb.close_writer()
+        self.targets = []
+
+    def retarget(self, targets: Sequence[Mailbox]) -> list[Mailbox]:
+        """Point at a new set of mailboxes (a reload); returns the ones dropped, still to be closed.
+
+        New targets gain a writer at once; the caller closes the dropped ones only after every
+        router has gained its new targets, so no mailbox sees a passing moment with no writer.
+        """
+        old = self.targets
+        for mb in targets:
+            if mb not in old:
+                mb.add_writer()
+        self.targets = list(targets)
+        return [mb for mb in old if mb not in targets]
 
 
 class _Restart(Exception):
@@ -92,6 +106,8 @@ class Cell:
         self.buffer: SinkBuffer | None = None
         self.stop_timeout = 20.0  # node.stop_timeout: how long a stop may spend draining
         self.started = asyncio.Event()  # set once the first on_start succeeded (or the cell ended)
+        self.attempted = asyncio.Event()  # set once the first on_start returned or raised
+        self.removed = False  # taken out of the topology by a reload: drains, then goes away
         self.log = logging.getLogger(f"edgeflow.actor.{spec.name}")
         self._work: asyncio.Task[None] | None = None
         self._interruptible = False
@@ -143,7 +159,10 @@ class Cell:
                 ran_since = time.monotonic()
                 try:
                     self.state = "starting"
-                    await self.instance.on_start()
+                    try:
+                        await self.instance.on_start()
+                    finally:
+                        self.attempted.set()
                     self.state = "running"
                     self.started.set()
                     self._work = asyncio.create_task(self._loop(self.instance), name=f"edgeflow[{self.name}].loop")
@@ -198,6 +217,7 @@ class Cell:
                     return
         finally:
             self.started.set()
+            self.attempted.set()
             await self._stop_instance()
             self.router.close()
             if self.dead_letter_box is not None:
