@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 from typing import ClassVar
 
-from edgeflow import Config, Message, Permanent, Retryable, Sink, Source, field
+from edgeflow import Config, Message, Operator, Permanent, Retryable, Sink, Source, field
 
 
 class CrasherConfig(Config):
@@ -90,3 +90,21 @@ class Flaky(Sink):
         if self.attempts[self.name] <= self.config.failures:
             raise Retryable("flaky: destination unavailable")
         self.received[self.name].extend(batch)
+
+
+class StallConfig(Config):
+    at_seq: int = field(doc="block the event loop when the message with this seq passes")
+    seconds: float = field(2.0, doc="for how long")
+
+
+class Stall(Operator):
+    """Blocks the whole event loop once (a stuck loop, as a watchdog must catch it)."""
+
+    Config = StallConfig
+
+    def process(self, msg: Message) -> Message:
+        if isinstance(msg.payload, dict) and msg.payload.get("seq") == self.config.at_seq:
+            import time
+
+            time.sleep(self.config.seconds)  # the fault under test: a loop that stops turning
+        return msg
