@@ -2,9 +2,14 @@
 
 Two loops share one sink. Intake takes batches from the mailbox, commits them to the store, and only
 then settles their acknowledgements (this is the moment an MQTT source sends its PUBACK). Delivery
-reads the store in order, hands batches to the sink's `write`, and deletes only what the destination
-took (or what went to the dead-letter sink). After a crash, delivery starts again from whatever is
-still stored, in the original order.
+hands batches to the sink's `write` in store order and deletes only what the destination took (or what
+went to the dead-letter sink). After a crash, delivery starts again from whatever is still stored, in
+the original order.
+
+While delivery keeps up, the batches intake just committed are also kept in memory (a short, bounded
+queue) and delivered from there: the store is written and trimmed, but not read back and decoded.
+When delivery falls behind (the destination is slow or down) the queue stops taking batches and
+delivery reads the backlog from the store instead, in order, until it has caught up.
 
 A full buffer (`max_size` bytes on disk) either blocks intake (`when_full = "block"`: the mailbox fills
 and back-pressure reaches the sources) or drops the oldest stored messages, counted. A `ttl` expires
@@ -18,9 +23,11 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections import deque
 from typing import TYPE_CHECKING, Any
 
 from .errors import Retryable
+from .message import Message
 
 if TYPE_CHECKING:
     from .actor import Sink
@@ -29,6 +36,11 @@ if TYPE_CHECKING:
     from .topology import BufferConfig
 
 __all__ = ["SinkBuffer"]
+
+#: Messages kept in memory for delivery straight after commit (bounded: memory must not grow).
+RECENT_MAX = 8192
+#: Messages gathered from the mailbox while a commit runs (bounded: memory must not grow).
+PENDING_MAX = 4096
 
 log = logging.getLogger("edgeflow.buffer")
 
@@ -44,6 +56,10 @@ class SinkBuffer:
         self._stored = asyncio.Event()  # intake committed something
         self._freed = asyncio.Event()  # delivery or expiry removed something
         self._intake_done = False
+        # Committed batches not yet delivered, while delivery keeps up: (first seq, messages).
+        self._recent: deque[tuple[int, list[Message]]] = deque()
+        self._recent_n = 0
+        self._next: int | None = None  # next seq delivery expects; None = ask the store
 
     def status(self) -> dict[str, Any]:
         s = self.buffer.stats()
@@ -75,44 +91,90 @@ class SinkBuffer:
     # -- intake: mailbox -> store ------------------------------------------------------------------
 
     async def _intake(self, cell: Cell) -> None:
+        """Move the mailbox into the store, in order, one commit at a time.
+
+        A collector keeps emptying the mailbox into `pending` while the previous commit runs, so the
+        sources never wait on a commit's latency, and the next commit takes everything gathered
+        meanwhile (group commit at the sink: the busier the flow, the bigger the transactions).
+        `pending` is bounded, so memory is too; past the bound the mailbox fills and pushes back.
+        """
         mb = cell.mailbox
         assert mb is not None
-        metrics = cell.metrics
+        self._pending: list[Message] = []
+        self._gathered = asyncio.Event()
+        self._room = asyncio.Event()
+        self._input_ended = False
+        collector = asyncio.create_task(self._collect(cell), name=f"edgeflow[{cell.name}].intake")
+        try:
+            while True:
+                if not self._pending:
+                    if self._input_ended:
+                        return
+                    self._gathered.clear()
+                    await self._gathered.wait()
+                    continue
+                batch, self._pending = self._pending, []
+                self._room.set()
+                try:
+                    await self._commit(cell, batch)
+                except BaseException:
+                    mb.unget(batch + self._pending)  # not durable yet: keep it for the restart
+                    self._pending = []
+                    raise
+        finally:
+            collector.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await collector
+            if self._pending:
+                mb.unget(self._pending)
+                self._pending = []
+
+    async def _collect(self, cell: Cell) -> None:
+        mb = cell.mailbox
+        assert mb is not None
+        while True:
+            while len(self._pending) >= PENDING_MAX:
+                self._room.clear()
+                await self._room.wait()
+            batch = await mb.get(PENDING_MAX)
+            if batch is None:
+                self._input_ended = True
+                self._gathered.set()
+                return
+            cell.metrics.in_ += len(batch)
+            self._pending.extend(batch)
+            self._gathered.set()
+
+    async def _commit(self, cell: Cell, batch: list[Message]) -> None:
+        await self._make_room(cell, len(batch))
         attempt = 0
         while True:
-            cell._interruptible = True
             try:
-                batch = await mb.get(4096)
-            finally:
-                cell._interruptible = False
-            if batch is None:
-                return
-            metrics.in_ += len(batch)
-            await self._make_room(cell, len(batch))
-            while True:
-                try:
-                    await self.buffer.append(batch)
-                    break
-                except Retryable as exc:  # disk full, read-only: hold the batch, push back, retry
-                    if attempt == 0 or attempt % 20 == 0:
-                        cell.log.error("cannot store messages, holding them and retrying: %s", exc)
-                    cell.state = "store-retry"
-                    await asyncio.sleep(cell.supervisor.delay(attempt))
-                    attempt += 1
-            if attempt:
-                cell.log.info("storing again after %d retries", attempt)
-                cell.state = "running"
-                attempt = 0
-            for m in batch:
-                if m.ack is not None:
-                    m.ack.done()
-            self._stored.set()
+                seqs = await self.buffer.append(batch)
+                break
+            except Retryable as exc:  # disk full, read-only: hold the batch, push back, retry
+                if attempt == 0 or attempt % 20 == 0:
+                    cell.log.error("cannot store messages, holding them and retrying: %s", exc)
+                cell.state = "store-retry"
+                await asyncio.sleep(cell.supervisor.delay(attempt))
+                attempt += 1
+        if attempt:
+            cell.log.info("storing again after %d retries", attempt)
+            cell.state = "running"
+        for m in batch:
+            if m.ack is not None:
+                m.ack.done()
+        if self._recent_n + len(batch) <= RECENT_MAX:
+            self._recent.append((seqs.start, batch))
+            self._recent_n += len(batch)
+        self._stored.set()
 
     async def _make_room(self, cell: Cell, incoming: int) -> None:
         limit = self.config.max_size
         while self.buffer.stats().bytes >= limit:
             if self.config.when_full == "drop_oldest":
                 n = await self.buffer.drop_oldest(max(incoming, 1))
+                self._forget_recent()
                 self.dropped += n
                 cell.metrics.dropped += n
                 if n == 0:
@@ -134,21 +196,27 @@ class SinkBuffer:
         ttl = self.config.ttl
         max_batch = sink.max_batch
         deadline: float | None = None
+        next_expiry = 0.0
         while True:
-            if ttl is not None:
+            if ttl is not None and time.monotonic() >= next_expiry:
+                next_expiry = time.monotonic() + 1.0
                 n = await self.buffer.expire(time.time() - ttl)
                 if n:
+                    self._forget_recent()
                     self.expired += n
                     cell.metrics.dropped += n
                     cell.log.warning("expired %d buffered messages older than ttl", n)
                     self._freed.set()
             self._stored.clear()
-            items = await self.buffer.read(max_batch)
+            items = self._take_recent(max_batch)
+            if items is None:
+                items = await self.buffer.read(max_batch, after=(self._next or 1) - 1)
             if not items:
                 if self._intake_done:
                     return
                 await self._stored.wait()
                 continue
+            self._next = items[-1][0] + 1
             if self._intake_done and deadline is None:
                 # Leave the runtime's own stop deadline room to finish cleanly after this one.
                 deadline = time.monotonic() + cell.stop_timeout / 2
@@ -163,7 +231,39 @@ class SinkBuffer:
                     left = self.buffer.stats().count
                     cell.log.warning("stopping with %d messages kept in the buffer for the next run", left)
                     return
-            await self.buffer.delete([seq for seq, _ in items])
+            if items[-1][0] - items[0][0] + 1 == len(items):
+                await self.buffer.delete(range(items[0][0], items[-1][0] + 1))
+            else:
+                await self.buffer.delete([seq for seq, _ in items])
             self.delivered += len(items) - len(failed)
             self.dead_lettered += len(failed)
             self._freed.set()
+
+    def _forget_recent(self) -> None:
+        """Rows were removed behind delivery's back (drop_oldest, ttl): go back to reading the store."""
+        self._recent.clear()
+        self._recent_n = 0
+        self._next = None
+
+    def _take_recent(self, max_n: int) -> list[tuple[int, Message]] | None:
+        """The next messages from memory when they are exactly the next in store order, else None."""
+        recent = self._recent
+        while recent:
+            first, msgs = recent[0]
+            if self._next is not None and first + len(msgs) <= self._next:
+                recent.popleft()  # already delivered from the store
+                self._recent_n -= len(msgs)
+                continue
+            if self._next is not None and first != self._next:
+                # A gap (the queue was full for a while): read from the store until caught up.
+                return None
+            if self._next is None and self.buffer.stats().count != self._recent_n:
+                return None  # older messages wait in the store (a restart, a backlog)
+            recent.popleft()
+            self._recent_n -= len(msgs)
+            if len(msgs) > max_n:
+                recent.appendleft((first + max_n, msgs[max_n:]))
+                self._recent_n += len(msgs) - max_n
+                msgs = msgs[:max_n]
+            return list(zip(range(first, first + len(msgs)), msgs, strict=True))
+        return None
