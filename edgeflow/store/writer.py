@@ -77,9 +77,21 @@ class _Buf:
     """Writer-side state of one buffer: committed counters plus the SQL naming its table."""
 
     __slots__ = (
-        "bytes", "count", "id", "last_seq", "oldest", "shrunk", "sql_count_between",
-        "sql_count_upto", "sql_delete_between", "sql_first_fresh", "sql_delete_upto", "sql_insert",
-        "sql_nth", "sql_oldest", "sql_read",
+        "bytes",
+        "count",
+        "id",
+        "last_seq",
+        "oldest",
+        "shrunk",
+        "sql_count_between",
+        "sql_count_upto",
+        "sql_delete_between",
+        "sql_delete_upto",
+        "sql_first_fresh",
+        "sql_insert",
+        "sql_nth",
+        "sql_oldest",
+        "sql_read",
     )  # fmt: skip
 
     def __init__(self, id_: int, count: int, nbytes: int, last_seq: int, oldest: float | None) -> None:
