@@ -108,6 +108,8 @@ class Cell:
         self.started = asyncio.Event()  # set once the first on_start succeeded (or the cell ended)
         self.attempted = asyncio.Event()  # set once the first on_start returned or raised
         self.removed = False  # taken out of the topology by a reload: drains, then goes away
+        self.paused = False  # stopped by an operator's command, not by its stream ending
+        self._resumed = asyncio.Event()
         self.log = logging.getLogger(f"edgeflow.actor.{spec.name}")
         self._work: asyncio.Task[None] | None = None
         self._interruptible = False
@@ -125,8 +127,24 @@ class Cell:
     def request_stop(self) -> None:
         """Sources only: stop producing at the next safe point (now if waiting in `produce`)."""
         self._stop_requested = True
+        self._resumed.set()
         if self._interruptible and self._work is not None:
             self._work.cancel()
+
+    def pause(self) -> None:
+        """Sources only: stop the actor (its `on_stop` runs) but keep its place in the graph, so that
+        `resume` starts a fresh instance where it left off (an operator's `actor.stop`)."""
+        if self.paused:
+            return
+        self.paused = True
+        self._resumed.clear()
+        self.request_restart()
+
+    def resume(self) -> None:
+        if not self.paused:
+            return
+        self.paused = False
+        self._resumed.set()
 
     def status(self) -> dict[str, Any]:
         doc: dict[str, Any] = {"kind": self.spec.kind, "type": self.spec.type, "state": self.state}
@@ -154,6 +172,12 @@ class Cell:
         attempt = 0
         try:
             while True:
+                if self.paused:
+                    self.state = "paused"
+                    await self._resumed.wait()
+                    if self._stop_requested:
+                        self.state = "stopped"
+                        return
                 self.instance = self.spec.cls(self.name, self.spec.config, self.context)
                 self._restart_requested = False
                 ran_since = time.monotonic()
@@ -185,9 +209,12 @@ class Cell:
                     self.state = "finished" if not self._stop_requested else "stopped"
                     return
                 except _Restart:
+                    await self._stop_instance()
+                    if self.paused:
+                        self.log.info("paused")
+                        continue
                     self.log.info("restarting (asked by the supervisor)")
                     self.metrics.restarts += 1
-                    await self._stop_instance()
                     continue
                 except Retryable as exc:
                     self.state = "waiting"

@@ -279,6 +279,34 @@ class Runtime:
                 cell.request_stop()
         self._stop_event.set()
 
+    # -- commands from the control plane ---------------------------------------------------------
+
+    def actor_command(self, name: str, verb: str) -> str:
+        """`stop`, `start` or `restart` one actor; returns what happened, raises ValueError if it can't.
+
+        Only sources can be stopped and started: stopping one keeps its place in the graph (its
+        readers keep running and wait for it), and starting it again makes a fresh instance that
+        resumes from its stored position (a file offset, a persistent MQTT session). Any actor can
+        be restarted.
+        """
+        cell = self.cells.get(name)
+        if cell is None:
+            raise ValueError(f"no actor {name!r}")
+        if verb == "restart":
+            if cell.paused:
+                raise ValueError(f"actor {name!r} is stopped; start it instead")
+            cell.request_restart()
+            return f"restarting {name}"
+        if verb in ("stop", "start") and cell.spec.kind != "source":
+            raise ValueError(f"only sources can be stopped and started; {name!r} is a {cell.spec.kind}")
+        if verb == "stop":
+            cell.pause()
+            return f"stopped {name}"
+        if verb == "start":
+            cell.resume()
+            return f"started {name}"
+        raise ValueError(f"unknown actor command {verb!r}")
+
     # -- reload ----------------------------------------------------------------------------------
 
     async def reload(self, path: str | None = None) -> dict[str, Any]:

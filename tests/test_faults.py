@@ -194,3 +194,47 @@ max_files = 3
     for f in [tmp_path / "out.jsonl.3", tmp_path / "out.jsonl.2", tmp_path / "out.jsonl.1", out]:
         seqs += [json.loads(line)["seq"] for line in f.read_text().splitlines()]
     assert seqs == list(range(seqs[0], 5000))
+
+
+def test_a_stopped_source_keeps_its_place_in_the_graph_and_starts_again(topology):
+    async def main() -> None:
+        Collect.received["c_pause"] = []
+        rt = Runtime(
+            load_topology(
+                topology(
+                    """
+[sources.sim]
+type = "simulator"
+rate = 500
+
+[sinks.c_pause]
+type = "collect"
+inputs = ["sim"]
+"""
+                )
+            )
+        )
+        task = asyncio.create_task(rt.run())
+        got = Collect.received["c_pause"]
+        await wait_for(lambda: len(got) > 20)
+        assert rt.actor_command("sim", "stop") == "stopped sim"
+        await wait_for(lambda: rt.cells["sim"].state == "paused")
+        n = len(got)
+        for _ in range(20):  # the loop keeps turning; nothing new may arrive while stopped
+            await asyncio.sleep(0.01)
+        assert len(got) == n
+        assert rt.cells["c_pause"].state == "running"  # its reader did not see an end of stream
+        with pytest.raises(ValueError, match="only sources"):
+            rt.actor_command("c_pause", "stop")
+        rt.actor_command("sim", "start")
+        await wait_for(lambda: len(got) > n + 20)
+        rt.request_stop()
+        assert await task == 0
+
+    asyncio.run(main())
+
+
+async def wait_for(condition, limit: float = 10.0) -> None:
+    async with asyncio.timeout(limit):
+        while not condition():
+            await asyncio.sleep(0.01)  # yields to the runtime under test; bounded by the timeout
