@@ -35,10 +35,12 @@ SECTIONS = {"sources": "source", "operators": "operator", "sinks": "sink"}
 
 
 def _default_node_id() -> str:
+    """the host name"""
     return socket.gethostname() or "edgeflow"
 
 
 def _default_data_dir() -> str:
+    """$EDGEFLOW_DATA_DIR, or ./data"""
     return os.environ.get("EDGEFLOW_DATA_DIR", "./data")
 
 
@@ -260,9 +262,7 @@ def _tables(data: Mapping[str, Any], key: str, p: Problems) -> dict[str, dict[st
 def _load(registry: Registry, kind: str, type_: str, path: tuple[str, ...], p: Problems) -> Any:
     if not registry.has(kind, type_):
         known = registry.types(kind)
-        p.add(
-            path, f"unknown {kind} type {type_!r}{suggest(type_, known)}; known: {', '.join(known) or 'none'}"
-        )
+        p.add(path, f"unknown {kind} type {type_!r}{suggest(type_, known)}; known: {', '.join(known) or 'none'}")
         return None
     try:
         return registry.load(kind, type_)
@@ -290,9 +290,7 @@ def _actor(
     common = build_config(keys_cls, common_raw, path, p)
     config = None
     if cls is not None:
-        config = build_config(
-            cls.Config, actor_raw, path, p, ignore=_SINK_KEYS
-        )
+        config = build_config(cls.Config, actor_raw, path, p, ignore=_SINK_KEYS)
     if common is None or config is None:
         return None
     c: Any = common
@@ -312,44 +310,64 @@ def _actor(
     )
 
 
+@dataclass
+class _Node:
+    """What the graph checks need of an actor, read from its raw table even when its keys are wrong."""
+
+    name: str
+    kind: str
+    inputs: list[str]
+    dead_letter: str | None
+
+
+def _graph_nodes(data: Mapping[str, Any]) -> dict[str, _Node]:
+    nodes: dict[str, _Node] = {}
+    for section, kind in SECTIONS.items():
+        tables = data.get(section)
+        if not isinstance(tables, dict):
+            continue
+        for name, raw in tables.items():
+            if not isinstance(raw, dict) or name in nodes:
+                continue
+            inputs = raw.get("inputs", [])
+            inputs = [i for i in inputs if isinstance(i, str)] if isinstance(inputs, list) and kind != "source" else []
+            dl = raw.get("dead_letter")
+            nodes[name] = _Node(name, kind, inputs, dl if isinstance(dl, str) else None)
+    return nodes
+
+
 def _check_graph(data: Mapping[str, Any], actors: dict[str, ActorSpec], p: Problems) -> None:
-    known = (
-        {n for sec in SECTIONS for n in (data.get(sec) or {})}
-        if all(isinstance(data.get(s, {}), dict) for s in SECTIONS)
-        else set(actors)
-    )
-    sinks = {n for n, a in actors.items() if a.kind == "sink"}
-    dead_letter_targets = {a.dead_letter for a in actors.values() if a.dead_letter}
-    for a in actors.values():
+    """Wiring problems, checked on every actor table, including those whose own keys are wrong, so a
+    typo in one actor neither hides its unknown inputs nor makes its feeder look unread."""
+    nodes = _graph_nodes(data)
+    sinks = {n for n, a in nodes.items() if a.kind == "sink"}
+    dead_letter_targets = {a.dead_letter for a in nodes.values() if a.dead_letter}
+    for a in nodes.values():
         section = a.kind + "s"
         for i, inp in enumerate(a.inputs):
             where = (section, a.name, "inputs", str(i))
             if inp == a.name:
                 p.add(where, "an actor cannot read its own output")
-            elif inp not in known:
-                p.add(where, f"unknown input {inp!r}{suggest(inp, sorted(known - sinks))}")
+            elif inp not in nodes:
+                p.add(where, f"unknown input {inp!r}{suggest(inp, sorted(set(nodes) - sinks))}")
             elif inp in sinks:
                 p.add(where, f"{inp!r} is a sink; sinks produce nothing to read")
-        if a.kind == "operator" and not a.inputs:
+        if a.kind == "operator" and not a.inputs and a.name in actors:
             p.add((section, a.name, "inputs"), "an operator needs at least one input")
-        if a.kind == "sink" and not a.inputs and a.name not in dead_letter_targets:
-            p.add(
-                (section, a.name, "inputs"), "a sink needs at least one input (or to be a dead_letter target)"
-            )
+        if a.kind == "sink" and not a.inputs and a.name not in dead_letter_targets and a.name in actors:
+            p.add((section, a.name, "inputs"), "a sink needs at least one input (or to be a dead_letter target)")
         if a.dead_letter is not None:
             if a.dead_letter not in sinks:
-                p.add(
-                    (section, a.name, "dead_letter"),
-                    f"dead_letter must name a sink{suggest(a.dead_letter, sorted(sinks))}",
-                )
+                hint = suggest(a.dead_letter, sorted(sinks))
+                p.add((section, a.name, "dead_letter"), f"dead_letter must name a sink{hint}")
             elif a.dead_letter == a.name:
                 p.add((section, a.name, "dead_letter"), "a sink cannot be its own dead-letter destination")
-        if a.kind != "sink" and not any(a.name in b.inputs for b in actors.values()):
+        if a.kind != "sink" and not any(a.name in b.inputs for b in nodes.values()):
             p.add((section, a.name), f"nothing reads {a.name!r}: add it to some actor's inputs, or remove it")
-    _check_cycles(actors, p)
+    _check_cycles(nodes, p)
 
 
-def _check_cycles(actors: dict[str, ActorSpec], p: Problems) -> None:
+def _check_cycles(actors: dict[str, _Node], p: Problems) -> None:
     state: dict[str, int] = {}  # 1 = on the current path, 2 = done
     stack: list[str] = []
 
