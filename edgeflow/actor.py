@@ -91,9 +91,27 @@ class Source(Actor):
 
 
 class Operator(Actor):
+    """An operator; a stateful one (windows, de-duplication) sets `stateful = True` and implements
+    `snapshot`/`restore`: the runtime then stores a snapshot every `commit_interval` seconds (and at
+    the end of the stream), restores the last one at start, and holds back each input message's
+    acknowledgement until a snapshot taken after it is durable. So a message absorbed into state is
+    acknowledged upstream only once that state would survive a crash.
+    """
+
     kind = "operator"
     #: Seconds between `on_timer` calls, or None for an operator without timers.
     timer_interval: ClassVar[float | None] = None
+    #: Whether the runtime persists `snapshot()` and holds acknowledgements until it is committed.
+    stateful: ClassVar[bool] = False
+    #: Seconds between state commits (stateful operators).
+    commit_interval: ClassVar[float] = 1.0
+
+    def snapshot(self) -> Any:
+        """The state to persist (msgpack-able: dicts, lists, numbers, strings, bytes)."""
+        return None
+
+    def restore(self, state: Any) -> None:
+        """Called before the first batch with the last committed snapshot (not called when none)."""
 
     def process(self, msg: Message) -> Message | Sequence[Message] | None:
         """Turn one message into one (return it, or `msg.derive(...)`), several (a list) or none.

@@ -109,6 +109,7 @@ class Cell:
         self.attempted = asyncio.Event()  # set once the first on_start returned or raised
         self.removed = False  # taken out of the topology by a reload: drains, then goes away
         self.paused = False  # stopped by an operator's command, not by its stream ending
+        self._held: list[Ack] = []  # acknowledgements waiting for a stateful operator's next commit
         self._resumed = asyncio.Event()
         self.log = logging.getLogger(f"edgeflow.actor.{spec.name}")
         self._work: asyncio.Task[None] | None = None
@@ -317,10 +318,13 @@ class Cell:
 
     async def _operator_loop(self, inst: Operator) -> None:
         assert self.mailbox is not None
-        timer: asyncio.Task[None] | None = None
+        helpers: list[asyncio.Task[None]] = []
+        if inst.stateful:
+            await self._restore_state(inst)
+            helpers.append(asyncio.create_task(self._commit_loop(inst), name=f"edgeflow[{self.name}].commit"))
         if inst.timer_interval:
-            timer = asyncio.create_task(
-                self._timer_loop(inst, inst.timer_interval), name=f"edgeflow[{self.name}].timer"
+            helpers.append(
+                asyncio.create_task(self._timer_loop(inst, inst.timer_interval), name=f"edgeflow[{self.name}].timer")
             )
         try:
             await self._operator_batches(inst)
@@ -328,11 +332,45 @@ class Cell:
             if out:
                 self.metrics.out += len(out)
                 await self.router.send(out)
+            if inst.stateful:
+                await self._commit_state(inst)
         finally:
-            if timer is not None:
-                timer.cancel()
+            for task in helpers:
+                task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
-                    await timer
+                    await task
+            self._held = []  # not committed: their sources are not acknowledged, and will resend
+
+    # -- persisted operator state -------------------------------------------------------------------
+
+    def _state_key(self) -> str:
+        return f"operator:{self.name}"
+
+    async def _restore_state(self, inst: Operator) -> None:
+        store = self.context.store
+        assert store is not None, "a stateful operator needs the store (the runtime opens it)"
+        data = await store.get_state(self._state_key())
+        if data is not None:
+            import msgpack
+
+            inst.restore(msgpack.unpackb(data, raw=False, strict_map_key=False))
+
+    async def _commit_state(self, inst: Operator) -> None:
+        """Persist a snapshot, then settle the acknowledgements held since the previous one."""
+        import msgpack
+
+        held, self._held = self._held, []
+        store = self.context.store
+        assert store is not None
+        await store.put_state({self._state_key(): msgpack.packb(inst.snapshot(), use_bin_type=True)})
+        for ack in held:
+            ack.done()
+
+    async def _commit_loop(self, inst: Operator) -> None:
+        while True:
+            await asyncio.sleep(inst.commit_interval)
+            if self._held:
+                await self._commit_state(inst)
 
     async def _operator_batches(self, inst: Operator) -> None:
         mb = self.mailbox
@@ -348,6 +386,12 @@ class Cell:
                 self._interruptible = False
             if batch is None:
                 return
+            if inst.stateful:  # each input's source waits for the next state commit as well
+                held = self._held
+                for msg in batch:
+                    if msg.ack is not None:
+                        msg.ack.add(1)
+                        held.append(msg.ack)
             t0 = clock()
             try:
                 out = inst.process_batch(batch)

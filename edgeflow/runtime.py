@@ -91,7 +91,7 @@ class Runtime:
             mb.close_writer()
 
     async def _open_store(self, topo: Topology) -> None:
-        needs = [a for a in topo.actors.values() if a.persist or a.cls.needs_store]
+        needs = [a for a in topo.actors.values() if a.persist or a.cls.needs_store or getattr(a.cls, "stateful", False)]
         if not needs or self.store is not None:
             return
         from .store import Store

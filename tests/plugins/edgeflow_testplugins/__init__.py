@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 from typing import ClassVar
 
-from edgeflow import Config, Message, Operator, Permanent, Retryable, Sink, Source, field
+from edgeflow import Ack, Config, Message, Operator, Permanent, Retryable, Sink, Source, field
 
 
 class CrasherConfig(Config):
@@ -108,3 +108,57 @@ class Stall(Operator):
 
             time.sleep(self.config.seconds)  # the fault under test: a loop that stops turning
         return msg
+
+
+class AckedConfig(Config):
+    count: int = field(100, doc="how many messages")
+
+
+class Acked(Source):
+    """Emits `count` messages at once, each with an Ack that records when it settles (`settled`)."""
+
+    Config = AckedConfig
+    acknowledges = True
+    settled: ClassVar[list[tuple[int, int]]] = []  # (seq, Counter.snapshots at that moment)
+
+    async def on_start(self) -> None:
+        self._done = False
+
+    async def produce(self) -> list[Message] | None:
+        if self._done:
+            return None
+        self._done = True
+
+        def settle(seq: int) -> None:
+            self.settled.append((seq, Counter.snapshots))
+
+        return [
+            Message({"seq": i, "device": f"dev-{i % 3}"}, self.name, ack=Ack(lambda i=i: settle(i)))  # type: ignore[misc]
+            for i in range(self.config.count)
+        ]
+
+
+class Counter(Operator):
+    """Counts messages per device in persisted state; emits the counts at the end of the stream."""
+
+    stateful = True
+    commit_interval = 0.2
+    snapshots: ClassVar[int] = 0
+
+    async def on_start(self) -> None:
+        self.counts: dict[str, int] = {}
+
+    def process(self, msg: Message) -> None:
+        device = msg.payload["device"]
+        self.counts[device] = self.counts.get(device, 0) + 1
+        return None
+
+    def snapshot(self) -> dict[str, int]:
+        type(self).snapshots += 1
+        return dict(self.counts)
+
+    def restore(self, state: dict[str, int]) -> None:
+        self.counts = dict(state)
+
+    def flush(self) -> list[Message]:
+        return [Message({"device": d, "n": n}, self.name) for d, n in sorted(self.counts.items())]
