@@ -24,9 +24,7 @@ def main(argv: list[str] | None = None) -> int:
 
     p = sub.add_parser("run", help="run a topology until its sources finish or SIGTERM")
     p.add_argument("file", help="the topology TOML file")
-    p.add_argument(
-        "--log-level", choices=["debug", "info", "warning", "error"], help="override node.log_level"
-    )
+    p.add_argument("--log-level", choices=["debug", "info", "warning", "error"], help="override node.log_level")
 
     p = sub.add_parser("validate", help="check a topology; report every problem with file, line and key")
     p.add_argument("file")
@@ -40,10 +38,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("type", nargs="?", help="show one type (e.g. 'filter' or 'sink.file')")
     p.add_argument("--json", action="store_true")
 
-    p = sub.add_parser("status", help="show a running runtime's actors and counters")
-    p.add_argument("file", nargs="?", help="the topology it runs (to find its data_dir)")
-    p.add_argument("--data-dir", help="the runtime's data directory (default: $EDGEFLOW_DATA_DIR or ./data)")
-    p.add_argument("--json", action="store_true")
+    for command, text in (
+        ("status", "show a running runtime's actors and counters"),
+        ("buffers", "show a running runtime's persisting sink buffers"),
+    ):
+        p = sub.add_parser(command, help=text)
+        p.add_argument("file", nargs="?", help="the topology it runs (to find its data_dir)")
+        p.add_argument("--data-dir", help="the runtime's data directory (default: $EDGEFLOW_DATA_DIR or ./data)")
+        p.add_argument("--json", action="store_true")
 
     args = parser.parse_args(argv)
     if args.version:
@@ -54,9 +56,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 2
-    handler = {"run": _run, "validate": _validate, "graph": _graph, "actors": _actors, "status": _status}[
-        args.command
-    ]
+    commands = {"run": _run, "validate": _validate, "graph": _graph, "actors": _actors}
+    commands.update(status=_status, buffers=_buffers)
+    handler = commands[args.command]
     try:
         return handler(args)
     except KeyboardInterrupt:
@@ -96,9 +98,7 @@ def _validate(args: argparse.Namespace) -> int:
     if topo is None:
         return 2
     kinds = {k: sum(1 for a in topo.actors.values() if a.kind == k) for k in ("source", "operator", "sink")}
-    print(
-        f"{args.file}: valid ({kinds['source']} sources, {kinds['operator']} operators, {kinds['sink']} sinks)"
-    )
+    print(f"{args.file}: valid ({kinds['source']} sources, {kinds['operator']} operators, {kinds['sink']} sinks)")
     return 0
 
 
@@ -109,9 +109,8 @@ def _run(args: argparse.Namespace) -> int:
     if topo is None:
         return 2
     setup_logging(args.log_level or topo.node.log_level)
-    from .runtime import Runtime
-
     from .errors import StoreError
+    from .runtime import Runtime
 
     try:
         code = _event_loop_run(Runtime(topo).run())
@@ -186,7 +185,8 @@ def _actors(args: argparse.Namespace) -> int:
     return 0
 
 
-def _status(args: argparse.Namespace) -> int:
+def _query(args: argparse.Namespace) -> dict[str, Any] | int:
+    """The status document of the runtime named by the arguments, or an exit code after an error."""
     from .status import query_status, socket_path
 
     data_dir = args.data_dir
@@ -199,29 +199,54 @@ def _status(args: argparse.Namespace) -> int:
         data_dir = os.environ.get("EDGEFLOW_DATA_DIR", "./data")
     path = socket_path(data_dir)
     try:
-        doc = query_status(path)
+        return query_status(path)
     except OSError as exc:
         print(f"edgeflow: no runtime answers on {path}: {exc.strerror or exc}", file=sys.stderr)
         return 3
+
+
+def _status(args: argparse.Namespace) -> int:
+    doc = _query(args)
+    if isinstance(doc, int):
+        return doc
     if args.json:
         print(json.dumps(doc, indent=2))
         return 0
-    print(
-        f"node {doc['node']}  {doc['state']}  up {doc['uptime_s']}s  edgeflow {doc['version']}  ({doc['topology']})"
-    )
-    header = f"{'actor':<16} {'kind':<9} {'state':<9} {'in':>10} {'out':>10} {'dropped':>8} {'failed':>7} {'restarts':>8} {'mailbox':>10}"
-    print(header)
+    print(f"node {doc['node']}  {doc['state']}  up {doc['uptime_s']}s  edgeflow {doc['version']}")
+    print(f"topology {doc['topology']}  reloads {doc.get('reloads', 0)}")
+    columns = ("actor", "kind", "state", "in", "out", "dropped", "failed", "restarts", "mailbox")
+    widths = (16, 9, 12, 10, 10, 8, 7, 8, 10)
+    rows = []
     for name, a in doc["actors"].items():
         mb = a.get("mailbox")
         depth = f"{mb['depth']}/{mb['capacity']}" if mb else "-"
         dropped = a["dropped"] + (mb["dropped"] if mb else 0)
-        print(
-            f"{name:<16} {a['kind']:<9} {a['state']:<9} {a['in']:>10} {a['out']:>10} {dropped:>8} "
-            f"{a['failed']:>7} {a['restarts']:>8} {depth:>10}"
-        )
-        buf = a.get("buffer")
-        if buf:
-            print("    buffer: " + ", ".join(f"{k}={v}" for k, v in buf.items()))
+        rows.append((name, a["kind"], a["state"], a["in"], a["out"], dropped, a["failed"], a["restarts"], depth))
+    for row in [columns, *rows]:
+        print(" ".join(f"{v:<{w}}" if i < 3 else f"{v:>{w}}" for i, (v, w) in enumerate(zip(row, widths, strict=True))))
+    for name, conn in doc.get("connections", {}).items():
+        state = conn.get("state", "?")
+        error = conn.get("last_error") or (conn.get("metrics") or {}).get("last_error")
+        print(f"connection {name}: {state}" + (f" (last error: {error})" if error else ""))
+    return 0
+
+
+def _buffers(args: argparse.Namespace) -> int:
+    doc = _query(args)
+    if isinstance(doc, int):
+        return doc
+    buffers = {name: a["buffer"] for name, a in doc["actors"].items() if a.get("buffer")}
+    if args.json:
+        print(json.dumps(buffers, indent=2))
+        return 0
+    if not buffers:
+        print("no persisting sink buffers in this topology")
+        return 0
+    columns = ("sink", "messages", "bytes", "oldest_age_s", "delivered", "dropped", "expired", "dead_lettered")
+    print(" ".join(f"{c:>13}" if i else f"{c:<16}" for i, c in enumerate(columns)))
+    for name, b in buffers.items():
+        values = [b[c] if b[c] is not None else "-" for c in columns[1:]]
+        print(f"{name:<16} " + " ".join(f"{v!s:>13}" for v in values))
     return 0
 
 

@@ -60,6 +60,8 @@ class SinkBuffer:
         self._recent: deque[tuple[int, list[Message]]] = deque()
         self._recent_n = 0
         self._next: int | None = None  # next seq delivery expects; None = ask the store
+        self._delivering = 0  # highest seq handed to the sink and not yet deleted: spared by drops
+        self._generation = 0  # bumped whenever rows go behind delivery's back
 
     def status(self) -> dict[str, Any]:
         s = self.buffer.stats()
@@ -77,16 +79,25 @@ class SinkBuffer:
         """Run intake and delivery until the input ended and the buffer drained (or the stop deadline)."""
         self._intake_done = False
         delivery = asyncio.create_task(self._delivery(cell, sink), name=f"edgeflow[{cell.name}].delivery")
+        expiry = None
+        if self.config.ttl is not None:
+            expiry = asyncio.create_task(self._expiry(cell, self.config.ttl), name=f"edgeflow[{cell.name}].ttl")
         try:
             await self._intake(cell)
             self._intake_done = True
             self._stored.set()
-            await delivery
-        finally:
+            # The input ended (a stop, or every source finished): deliver what we can, but leave the
+            # runtime's own stop deadline room; what is left stays stored for the next run.
+            await asyncio.wait([delivery], timeout=cell.stop_timeout / 2)
             if not delivery.done():
-                delivery.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await delivery
+                left = self.buffer.stats().count
+                cell.log.warning("stopping with %d messages kept in the buffer for the next run", left)
+        finally:
+            for task in (delivery, expiry):
+                if task is not None and not task.done():
+                    task.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await task
 
     # -- intake: mailbox -> store ------------------------------------------------------------------
 
@@ -173,7 +184,7 @@ class SinkBuffer:
         limit = self.config.max_size
         while self.buffer.stats().bytes >= limit:
             if self.config.when_full == "drop_oldest":
-                n = await self.buffer.drop_oldest(max(incoming, 1))
+                n = await self.buffer.drop_oldest(max(incoming, 1), after=self._delivering)
                 self._forget_recent()
                 self.dropped += n
                 cell.metrics.dropped += n
@@ -193,44 +204,24 @@ class SinkBuffer:
     # -- delivery: store -> destination --------------------------------------------------------------
 
     async def _delivery(self, cell: Cell, sink: Sink) -> None:
-        ttl = self.config.ttl
         max_batch = sink.max_batch
-        deadline: float | None = None
-        next_expiry = 0.0
         while True:
-            if ttl is not None and time.monotonic() >= next_expiry:
-                next_expiry = time.monotonic() + 1.0
-                n = await self.buffer.expire(time.time() - ttl)
-                if n:
-                    self._forget_recent()
-                    self.expired += n
-                    cell.metrics.dropped += n
-                    cell.log.warning("expired %d buffered messages older than ttl", n)
-                    self._freed.set()
             self._stored.clear()
             items = self._take_recent(max_batch)
             if items is None:
+                generation = self._generation
                 items = await self.buffer.read(max_batch, after=(self._next or 1) - 1)
+                if generation != self._generation:
+                    continue  # rows were dropped or expired while we read: what we got may be gone
+
             if not items:
                 if self._intake_done:
                     return
                 await self._stored.wait()
                 continue
             self._next = items[-1][0] + 1
-            if self._intake_done and deadline is None:
-                # Leave the runtime's own stop deadline room to finish cleanly after this one.
-                deadline = time.monotonic() + cell.stop_timeout / 2
-            msgs = [m for _, m in items]
-            if deadline is None:
-                failed = await cell.deliver(sink, msgs)
-            else:
-                try:
-                    async with asyncio.timeout(max(0.0, deadline - time.monotonic())):
-                        failed = await cell.deliver(sink, msgs)
-                except TimeoutError:
-                    left = self.buffer.stats().count
-                    cell.log.warning("stopping with %d messages kept in the buffer for the next run", left)
-                    return
+            self._delivering = items[-1][0]
+            failed = await cell.deliver(sink, [m for _, m in items])
             if items[-1][0] - items[0][0] + 1 == len(items):
                 await self.buffer.delete(range(items[0][0], items[-1][0] + 1))
             else:
@@ -239,11 +230,24 @@ class SinkBuffer:
             self.dead_lettered += len(failed)
             self._freed.set()
 
+    async def _expiry(self, cell: Cell, ttl: float) -> None:
+        """Expire the stale head of the buffer, independently of delivery (which may be stuck)."""
+        while True:
+            n = await self.buffer.expire(time.time() - ttl, after=self._delivering)
+            if n:
+                self._forget_recent()
+                self.expired += n
+                cell.metrics.dropped += n
+                cell.log.warning("expired %d buffered messages older than ttl", n)
+                self._freed.set()
+            await asyncio.sleep(min(1.0, max(ttl / 4, 0.05)))
+
     def _forget_recent(self) -> None:
         """Rows were removed behind delivery's back (drop_oldest, ttl): go back to reading the store."""
         self._recent.clear()
         self._recent_n = 0
         self._next = None
+        self._generation += 1
 
     def _take_recent(self, max_n: int) -> list[tuple[int, Message]] | None:
         """The next messages from memory when they are exactly the next in store order, else None."""

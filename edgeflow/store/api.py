@@ -171,14 +171,16 @@ class Buffer:
         """Remove these seqs (after the destination acknowledged them); unknown seqs are ignored."""
         await self._store._submit(Op.DELETE, self.name, tuple(seqs), len(seqs))
 
-    async def drop_oldest(self, n: int) -> int:
-        """Remove the `n` oldest messages (`when_full = "drop_oldest"`); returns how many were removed."""
-        result: int = await self._store._submit(Op.DROP_OLDEST, self.name, n)
+    async def drop_oldest(self, n: int, after: int = 0) -> int:
+        """Remove the `n` oldest messages with seq > `after` (`when_full = "drop_oldest"`; `after` spares
+        what a sink is delivering right now); returns how many were removed."""
+        result: int = await self._store._submit(Op.DROP_OLDEST, self.name, (n, after))
         return result
 
-    async def expire(self, older_than_ts: float) -> int:
-        """Remove messages whose `ts` is before `older_than_ts` (TTL); returns how many were removed."""
-        result: int = await self._store._submit(Op.EXPIRE, self.name, older_than_ts)
+    async def expire(self, older_than_ts: float, after: int = 0) -> int:
+        """Remove the stale head: messages with seq > `after`, in order, up to the first whose `ts` is
+        at or after `older_than_ts` (TTL); returns how many were removed."""
+        result: int = await self._store._submit(Op.EXPIRE, self.name, (older_than_ts, after))
         return result
 
     def stats(self) -> BufferStats:

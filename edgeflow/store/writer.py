@@ -107,10 +107,10 @@ class _Buf:
         self.sql_read = f"SELECT seq, data FROM {t} WHERE seq > ? ORDER BY seq LIMIT ?"
         self.sql_count_between = f"{sums} WHERE seq BETWEEN ? AND ?"
         self.sql_delete_between = f"DELETE FROM {t} WHERE seq BETWEEN ? AND ?"
-        self.sql_nth = f"SELECT max(seq) FROM (SELECT seq FROM {t} ORDER BY seq LIMIT ?)"
+        self.sql_nth = f"SELECT max(seq) FROM (SELECT seq FROM {t} WHERE seq > ? ORDER BY seq LIMIT ?)"
         self.sql_count_upto = f"{sums} WHERE seq <= ?"
         self.sql_delete_upto = f"DELETE FROM {t} WHERE seq <= ?"
-        self.sql_first_fresh = f"SELECT seq FROM {t} WHERE ts >= ? ORDER BY seq LIMIT 1"
+        self.sql_first_fresh = f"SELECT seq FROM {t} WHERE seq > ? AND ts >= ? ORDER BY seq LIMIT 1"
         self.sql_oldest = f"SELECT ts FROM {t} ORDER BY seq LIMIT 1"
 
     def stats(self) -> BufferStats:
@@ -354,22 +354,28 @@ class Writer:
 
     def _op_drop_oldest(self, conn: sqlite3.Connection, r: Request, touched: dict[str, _Buf]) -> int:
         b = self._bufs.get(r.name)
-        if b is None or r.arg <= 0 or b.count == 0:
+        n, after = r.arg
+        if b is None or n <= 0 or b.count == 0:
             return 0
-        (cut,) = conn.execute(b.sql_nth, (r.arg,)).fetchone()
+        (cut,) = conn.execute(b.sql_nth, (after, n)).fetchone()
+        if cut is None:
+            return 0
         touched[r.name] = b
-        return self._remove(conn, b, b.sql_count_upto, b.sql_delete_upto, (cut,))
+        return self._remove(conn, b, b.sql_count_between, b.sql_delete_between, (after + 1, cut))
 
     def _op_expire(self, conn: sqlite3.Connection, r: Request, touched: dict[str, _Buf]) -> int:
         b = self._bufs.get(r.name)
-        if b is None or b.oldest is None or b.oldest >= r.arg:
+        cutoff, after = r.arg
+        if b is None or b.count == 0 or (after == 0 and b.oldest is not None and b.oldest >= cutoff):
             return 0
         # Expiry walks from the head in delivery order and stops at the first message still fresh:
         # a message with an old timestamp queued behind fresher ones expires once it reaches the head.
-        row = conn.execute(b.sql_first_fresh, (r.arg,)).fetchone()
+        row = conn.execute(b.sql_first_fresh, (after, cutoff)).fetchone()
         cut = b.last_seq if row is None else row[0] - 1
+        if cut <= after:
+            return 0
         touched[r.name] = b
-        return self._remove(conn, b, b.sql_count_upto, b.sql_delete_upto, (cut,))
+        return self._remove(conn, b, b.sql_count_between, b.sql_delete_between, (after + 1, cut))
 
     def _op_get_state(self, conn: sqlite3.Connection, r: Request, touched: dict[str, _Buf]) -> bytes | None:
         row = conn.execute("SELECT value FROM state WHERE key = ?", (r.name,)).fetchone()

@@ -151,7 +151,6 @@ class Counter(Operator):
     def process(self, msg: Message) -> None:
         device = msg.payload["device"]
         self.counts[device] = self.counts.get(device, 0) + 1
-        return None
 
     def snapshot(self) -> dict[str, int]:
         type(self).snapshots += 1
