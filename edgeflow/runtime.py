@@ -119,6 +119,11 @@ class Runtime:
             spec = topo.connections[name]
             conn = spec.cls(name, spec.config, self.node_id)
             self.connections[name] = conn
+            control = self.topology.control
+            if control is not None and name == control.connection:  # presence: a will before it connects
+                from .control import set_presence
+
+                set_presence(conn, control, self.node_id, self.started_at)
             await conn.start()
 
     # -- running ---------------------------------------------------------------------------------
@@ -155,6 +160,12 @@ class Runtime:
                 len(self.cells),
                 self.topology.file,
             )
+            if self.topology.control is not None:  # the MQTT control plane, up once the actors started
+                from .control import ControlPlane
+
+                control = self.topology.control
+                plane = ControlPlane(self, control, self.connections[control.connection])
+                self._spawn(plane.run(), "control")  # helpers are cancelled first at shutdown
             await self._run_cells()
         finally:
             for sig in handlers:

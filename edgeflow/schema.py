@@ -161,7 +161,11 @@ def build_config(
     *,
     ignore: Sequence[str] = (),
 ) -> Config | None:
-    """Read `table` into `cls`, adding a problem for each thing wrong; None when anything was wrong."""
+    """Read `table` into `cls`, adding a problem for each thing wrong; None when anything was wrong.
+
+    A Config may check keys that only make sense together in `__post_init__`: a `ValueError` it raises
+    becomes one more problem, located at the table (its message should name the keys).
+    """
     fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
     hints = _hints(cls)
     before = len(problems.items)
@@ -183,7 +187,11 @@ def build_config(
             problems.add((*path, name), "missing required key")
     if len(problems.items) != before:
         return None
-    return cls(**values)
+    try:
+        return cls(**values)
+    except ValueError as exc:  # a `__post_init__` refusing a combination of keys, in words for the user
+        problems.add(path, str(exc))
+        return None
 
 
 def _type_name(tp: Any) -> str:

@@ -51,7 +51,7 @@ def test_a_plugin_class_of_the_wrong_kind_is_refused(tmp_path, monkeypatch):
     code = "from edgeflow import Sink\nclass NotASource(Sink):\n    pass\n"
     make_dist(tmp_path, "odd_pkg", {"source.odd": "odd_mod:NotASource"}, "odd_mod", code)
     monkeypatch.syspath_prepend(str(tmp_path))
-    with pytest.raises(RegistryError, match="is not a subclass of edgeflow.Source"):
+    with pytest.raises(RegistryError, match=r"is not a subclass of edgeflow\.Source"):
         registry_from(tmp_path).load("source", "odd")
 
 

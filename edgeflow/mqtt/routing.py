@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any, cast
 
 import paho.mqtt.client as mqtt
@@ -188,6 +188,20 @@ class Router:
     def send_ack(self, m: InMessage) -> None:
         if m._gen == self.gen and self.up:
             self._client.ack(m.mid, m.qos)
+
+    def give_back(self, messages: Iterable[InMessage]) -> None:
+        """Messages a closed subscription's owner will not acknowledge: hold them for the next subscriber.
+
+        Only QoS 1/2 messages of the current connection are held (the broker sends the others again
+        on the next one; QoS 0 ones are simply gone).
+        """
+        held = False
+        for m in messages:
+            if m.qos and m._gen == self.gen and self.up:
+                self._park(m)
+                held = True
+        if held and self._subs:
+            asyncio.get_running_loop().call_soon(self._deliver_parked)
 
     def remove(self, sub: Subscription, unsubscribe: bool) -> None:
         if sub in self._subs:

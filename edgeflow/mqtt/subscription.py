@@ -8,7 +8,7 @@ an actor being restarted must not make the broker forget (and drop) what arrives
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING
 
 from edgeflow.errors import NotReady
@@ -87,15 +87,22 @@ class Subscription:
             why = self.error or ("no SUBACK yet" if self._router.up else "the connection is down")
             raise NotReady(f"subscription {self.topic_filter!r} not active after {timeout}s: {why}") from None
 
-    def close(self, *, unsubscribe: bool = False) -> None:
+    def close(self, *, unsubscribe: bool = False, unacked: Iterable[InMessage] = ()) -> None:
         """Stop delivering to the handler. Idempotent; runs on the loop.
 
         With `unsubscribe=True`, and no other local subscription on the same filter, the broker is asked
         to drop the subscription too (messages on it are then no longer kept for us).
+
+        `unacked`: messages the handler took that their owner will now never acknowledge (an actor
+        stopping with messages it had not handed on yet). The broker would send them again only on the
+        next connection, and meanwhile they would hold slots of its in-flight window; so they are held
+        for the next subscriber that matches them, as messages that arrive while nobody subscribes
+        are (see `edgeflow.mqtt.routing`).
         """
         if not self.closed:
             self.closed = True
             self._router.remove(self, unsubscribe)
+        self._router.give_back(unacked)
 
     def __repr__(self) -> str:
         state = "closed" if self.closed else "active" if self.active else "pending"
