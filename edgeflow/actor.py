@@ -167,7 +167,7 @@ class Sink(Actor):
     #: Whether `buffer.persist` defaults to true (network sinks) or false (local ones).
     persist_default: ClassVar[bool] = False
     #: The most messages handed to one `write` call.
-    max_batch: ClassVar[int] = 1024
+    max_batch: int = 1024  # a sink may set its own per instance (in __init__ or on_start)
 
     async def write(self, batch: list[Message]) -> None:
         """Deliver a batch; return only once the destination has it (that is the acknowledgement).

@@ -65,7 +65,7 @@ class HttpSink(Sink):
         cfg = self.config
         self._aiohttp = aiohttp
         # Sixteen requests per write: enough to amortise the buffer's reads, small enough to retry.
-        self.max_batch = cfg.batch_size * 16  # type: ignore[misc]  # per instance: depends on batch_size
+        self.max_batch = cfg.batch_size * 16  # per instance: depends on batch_size
         self._retry = frozenset(cfg.retry_statuses)
         self._dumps = json.JSONEncoder(
             separators=(",", ":"), ensure_ascii=False, allow_nan=False, default=_jsonable
