@@ -76,24 +76,37 @@ class SinkBuffer:
         }
 
     async def run(self, cell: Cell, sink: Sink) -> None:
-        """Run intake and delivery until the input ended and the buffer drained (or the stop deadline)."""
+        """Run intake and delivery until the input ended and the buffer drained (or the stop deadline).
+
+        Runs again after a restart of the sink: delivery then starts over from the head of the store,
+        so a batch whose write was interrupted is delivered again rather than skipped.
+        """
         self._intake_done = False
+        self._forget_recent()
+        self._delivering = 0
         delivery = asyncio.create_task(self._delivery(cell, sink), name=f"edgeflow[{cell.name}].delivery")
         expiry = None
         if self.config.ttl is not None:
             expiry = asyncio.create_task(self._expiry(cell, self.config.ttl), name=f"edgeflow[{cell.name}].ttl")
+        intake = asyncio.create_task(self._intake(cell), name=f"edgeflow[{cell.name}].intake")
         try:
-            await self._intake(cell)
+            # A crash in either loop is the sink's crash: it surfaces here and the supervisor acts.
+            await asyncio.wait([intake, delivery], return_when=asyncio.FIRST_COMPLETED)
+            if delivery.done():
+                delivery.result()  # raises its exception; delivery never ends before intake otherwise
+            intake.result()
             self._intake_done = True
             self._stored.set()
             # The input ended (a stop, or every source finished): deliver what we can, but leave the
             # runtime's own stop deadline room; what is left stays stored for the next run.
             await asyncio.wait([delivery], timeout=cell.stop_timeout / 2)
-            if not delivery.done():
+            if delivery.done():
+                delivery.result()
+            else:
                 left = self.buffer.stats().count
                 cell.log.warning("stopping with %d messages kept in the buffer for the next run", left)
         finally:
-            for task in (delivery, expiry):
+            for task in (intake, delivery, expiry):
                 if task is not None and not task.done():
                     task.cancel()
                     with contextlib.suppress(asyncio.CancelledError):

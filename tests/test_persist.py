@@ -129,3 +129,31 @@ def test_what_was_not_delivered_is_replayed_in_order_after_a_restart(topology):
 
     asyncio.run(second())
     assert [m.payload["seq"] for m in Gate.received["g_replay"]] == list(range(5000))
+
+
+def test_a_sink_that_crashes_mid_delivery_is_restarted_and_the_interrupted_batch_is_delivered(topology):
+    from edgeflow_testplugins import Crashy
+
+    Crashy.received["crashy1"] = []
+    Crashy.crashed.discard("crashy1")
+    path = topology(
+        """
+[supervisor]
+backoff = { initial = "10ms", max = "50ms" }
+
+[sources.sim]
+type = "simulator"
+rate = 0
+count = 3000
+
+[sinks.crashy1]
+type = "crashy"
+inputs = ["sim"]
+buffer = { persist = true }
+"""
+    )
+    rt = Runtime(load_topology(path))
+    assert asyncio.run(rt.run()) == 0
+    assert rt.cells["crashy1"].metrics.restarts == 1
+    seqs = [m.payload["seq"] for m in Crashy.received["crashy1"]]
+    assert seqs == list(range(3000))  # the crashed write delivered nothing; its batch came again, in place

@@ -161,3 +161,22 @@ class Counter(Operator):
 
     def flush(self) -> list[Message]:
         return [Message({"device": d, "n": n}, self.name) for d, n in sorted(self.counts.items())]
+
+
+class Crashy(Sink):
+    """Crashes (a bug, not a retryable error) on its second write, once per process; keeps the rest."""
+
+    received: ClassVar[dict[str, list[Message]]] = {}
+    crashed: ClassVar[set[str]] = set()
+    max_batch = 100
+
+    async def on_start(self) -> None:
+        self.received.setdefault(self.name, [])
+        self._writes = 0
+
+    async def write(self, batch: list[Message]) -> None:
+        self._writes += 1
+        if self._writes == 2 and self.name not in self.crashed:
+            self.crashed.add(self.name)
+            raise RuntimeError("crashy: a bug in the middle of a delivery")
+        self.received[self.name].extend(batch)
