@@ -3,6 +3,7 @@ that stops pinging when the event loop is stuck. Checked against a real NOTIFY_S
 
 from __future__ import annotations
 
+import itertools
 import signal
 import socket
 import time
@@ -87,7 +88,7 @@ inputs = ["stuck"]
         proc.send_signal(signal.SIGTERM)
         proc.communicate(timeout=15)
     pings = [t for t, text in ns.seen if "WATCHDOG=1" in text.splitlines()]
-    gaps = [b - a for a, b in zip(pings, pings[1:], strict=False)]
+    gaps = [b - a for a, b in itertools.pairwise(pings)]
     assert len(pings) >= 8
     # Normally every 0.1 s; the 2 s stall shows as one long gap, i.e. systemd would have been told.
     assert max(gaps) > 1.5, gaps
