@@ -29,11 +29,7 @@ class _Formatter(logging.Formatter):
         else:
             who = f"({name})"
         text = f"{record.levelname.lower()} {who} {record.getMessage()}"
-        if (
-            record.exc_info
-            and record.levelno >= logging.ERROR
-            and not isinstance(record.exc_info[1], OSError)
-        ):
+        if record.exc_info and record.levelno >= logging.ERROR and not isinstance(record.exc_info[1], OSError):
             # Tracebacks only for crashes (bugs), folded onto one line so one event stays one line.
             text += " | " + self.formatException(record.exc_info).replace("\n", " | ")
         if self.journald:

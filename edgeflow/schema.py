@@ -210,14 +210,10 @@ def _type_name(tp: Any) -> str:
         return "table"
     if tp is Any:
         return "any value"
-    return {str: "string", int: "integer", float: "number", bool: "boolean"}.get(
-        tp, getattr(tp, "__name__", str(tp))
-    )
+    return {str: "string", int: "integer", float: "number", bool: "boolean"}.get(tp, getattr(tp, "__name__", str(tp)))
 
 
-def _convert(
-    tp: Any, raw: Any, path: tuple[str, ...], problems: Problems, meta: Mapping[str, Any]
-) -> tuple[bool, Any]:
+def _convert(tp: Any, raw: Any, path: tuple[str, ...], problems: Problems, meta: Mapping[str, Any]) -> tuple[bool, Any]:
     origin = get_origin(tp)
     if origin is Annotated:
         base, kind = get_args(tp)[:2]
@@ -237,9 +233,7 @@ def _convert(
         choices = get_args(tp)
         if raw not in choices:
             hint = suggest(str(raw), [str(c) for c in choices])
-            problems.add(
-                path, f"expected one of {', '.join(repr(c) for c in choices)}, got {_show(raw)}{hint}"
-            )
+            problems.add(path, f"expected one of {', '.join(repr(c) for c in choices)}, got {_show(raw)}{hint}")
             return False, None
         return True, raw
     if origin is list:
@@ -280,9 +274,7 @@ def _convert(
     return _check_bounds(raw, path, problems, meta)
 
 
-def _check_bounds(
-    value: Any, path: tuple[str, ...], problems: Problems, meta: Mapping[str, Any]
-) -> tuple[bool, Any]:
+def _check_bounds(value: Any, path: tuple[str, ...], problems: Problems, meta: Mapping[str, Any]) -> tuple[bool, Any]:
     ge, le = meta.get("ge"), meta.get("le")
     if ge is not None and value < ge:
         problems.add(path, f"must be at least {ge:g}, got {value!r}")
@@ -293,9 +285,7 @@ def _check_bounds(
     return True, value
 
 
-def _convert_kind(
-    kind: _Kind, base: Any, raw: Any, path: tuple[str, ...], problems: Problems
-) -> tuple[bool, Any]:
+def _convert_kind(kind: _Kind, base: Any, raw: Any, path: tuple[str, ...], problems: Problems) -> tuple[bool, Any]:
     from . import units
 
     try:

@@ -31,9 +31,7 @@ async def serve_status(runtime: _HasStatus, path: Path) -> asyncio.Server | None
     import logging
 
     if len(os.fsencode(path)) > 100:  # sun_path is 108 bytes; leave room rather than fail oddly
-        logging.getLogger("edgeflow.runtime").warning(
-            "status socket path too long, status disabled: %s", path
-        )
+        logging.getLogger("edgeflow.runtime").warning("status socket path too long, status disabled: %s", path)
         return None
     with contextlib.suppress(FileNotFoundError):
         path.unlink()

@@ -27,9 +27,7 @@ class Restartable(Protocol):
     def request_restart(self) -> None: ...
 
 
-def backoff_delay(
-    attempt: int, initial: float, maximum: float, rand: Callable[[], float] = random.random
-) -> float:
+def backoff_delay(attempt: int, initial: float, maximum: float, rand: Callable[[], float] = random.random) -> float:
     """Capped exponential backoff with equal jitter: half fixed, half random, so retries spread out."""
     base = min(maximum, initial * float(2 ** min(attempt, 30)))
     return base / 2 + base / 2 * rand()
@@ -58,9 +56,7 @@ class Supervisor:
         if strategy == "one_for_one":
             return
         idx = next((i for i, c in enumerate(self.order) if c is cell), -1)
-        siblings = (
-            self.order[idx + 1 :] if strategy == "rest_for_one" else [c for c in self.order if c is not cell]
-        )
+        siblings = self.order[idx + 1 :] if strategy == "rest_for_one" else [c for c in self.order if c is not cell]
         for c in siblings:
             c.request_restart()
 

@@ -58,9 +58,7 @@ def tracked(msgs: list[Message]) -> list[list[int]]:
     return settled
 
 
-async def run_operator(
-    cls: type[Operator], config: Mapping[str, Any] | None, batch: list[Message]
-) -> list[Message]:
+async def run_operator(cls: type[Operator], config: Mapping[str, Any] | None, batch: list[Message]) -> list[Message]:
     """Start the operator, process `batch` as one batch, flush, stop; everything it emitted."""
     op = build(cls, config)
     await op.on_start()

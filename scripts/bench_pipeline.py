@@ -105,9 +105,7 @@ def case_bare(count: int) -> dict[str, float]:
                 )
             await q1.put(None)
 
-        async def hop(
-            a: asyncio.Queue[dict[str, object] | None], b: asyncio.Queue[dict[str, object] | None]
-        ) -> None:
+        async def hop(a: asyncio.Queue[dict[str, object] | None], b: asyncio.Queue[dict[str, object] | None]) -> None:
             while True:
                 item = await a.get()
                 await b.put(item)
