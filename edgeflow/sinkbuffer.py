@@ -89,6 +89,9 @@ class SinkBuffer:
         if self.config.ttl is not None:
             expiry = asyncio.create_task(self._expiry(cell, self.config.ttl), name=f"edgeflow[{cell.name}].ttl")
         intake = asyncio.create_task(self._intake(cell), name=f"edgeflow[{cell.name}].intake")
+        # Everything taken from the mailbox is either committed or put back when cancelled, so a
+        # restart (a sibling crashed, a reload, `actor.restart`) may interrupt this sink anywhere.
+        cell._interruptible = True
         try:
             # A crash in either loop is the sink's crash: it surfaces here and the supervisor acts.
             await asyncio.wait([intake, delivery], return_when=asyncio.FIRST_COMPLETED)
@@ -106,6 +109,7 @@ class SinkBuffer:
                 left = self.buffer.stats().count
                 cell.log.warning("stopping with %d messages kept in the buffer for the next run", left)
         finally:
+            cell._interruptible = False
             for task in (intake, delivery, expiry):
                 if task is not None and not task.done():
                     task.cancel()
