@@ -1,4 +1,4 @@
-"""The `edgeflow` command: run, validate, graph, actors, status.
+"""The `edgeflow` command: run, validate, graph, actors, status, ctl.
 
 Exit codes: 0 success, 1 the runtime failed (restart storm, store unusable), 2 the user's input is
 wrong (invalid topology, unknown command), 3 nothing answered (`status` with no runtime running).
@@ -47,6 +47,11 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument("--data-dir", help="the runtime's data directory (default: $EDGEFLOW_DATA_DIR or ./data)")
         p.add_argument("--json", action="store_true")
 
+    p = sub.add_parser("ctl", help="steer runtimes over the MQTT control plane (one node, or the fleet with --all)")
+    from .control_client import add_arguments as add_ctl_arguments
+
+    add_ctl_arguments(p)
+
     args = parser.parse_args(argv)
     if args.version:
         from . import __version__
@@ -57,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     commands = {"run": _run, "validate": _validate, "graph": _graph, "actors": _actors}
-    commands.update(status=_status, buffers=_buffers)
+    commands.update(status=_status, buffers=_buffers, ctl=_ctl)
     handler = commands[args.command]
     try:
         return handler(args)
@@ -248,6 +253,12 @@ def _buffers(args: argparse.Namespace) -> int:
         values = [b[c] if b[c] is not None else "-" for c in columns[1:]]
         print(f"{name:<16} " + " ".join(f"{v!s:>13}" for v in values))
     return 0
+
+
+def _ctl(args: argparse.Namespace) -> int:
+    from .control_client import run_ctl
+
+    return run_ctl(args)
 
 
 if __name__ == "__main__":
