@@ -18,7 +18,7 @@ __all__ = ["SetupError", "backoff_delay", "describe_failure", "early_close_hint"
 
 _REFUSAL_HINTS = {
     "Bad user name or password": "check username and the password",
-    "Not authorized": "the broker does not allow this user or client id",
+    "Not authorized": "check username and the password; or the broker does not allow this client id",
     "Client identifier not valid": "the broker refuses the client_id",
     "Identifier rejected": "the broker refuses the client_id",
     "Unsupported protocol version": "try protocol = 4 (MQTT 3.1.1)",

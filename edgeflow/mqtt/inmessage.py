@@ -74,7 +74,9 @@ class InMessage:
     """One PUBLISH received on a subscription.
 
     `topic`, `payload`, `qos`, `retain`, `dup` (a redelivery), `mid` (the packet id, 0 for QoS 0) are
-    plain attributes; `properties` (MQTT 5, else None) is converted on first access.
+    plain attributes; `properties` (MQTT 5, else None) is converted on first access. `seq` numbers the
+    messages of the connection in arrival order: a handler serving several subscriptions gets one
+    batch per subscription from each read pass, and restores the arrival order with it.
 
     `ack()` must be called from the event loop thread. For QoS 1/2 it sends the PUBACK/PUBCOMP once
     every subscription the message was routed to has acknowledged it; for QoS 0 it does nothing. If the
@@ -87,7 +89,7 @@ class InMessage:
     promise at-least-once across crashes subscribe at QoS 1.
     """
 
-    __slots__ = ("_gen", "_pending", "_props", "_router", "dup", "mid", "payload", "qos", "retain", "topic")
+    __slots__ = ("_gen", "_pending", "_props", "_router", "dup", "mid", "payload", "qos", "retain", "seq", "topic")
 
     def __init__(
         self,
@@ -100,6 +102,7 @@ class InMessage:
         props: Properties | None,
         router: Router,
         gen: int,
+        seq: int = 0,
     ) -> None:
         self.topic = topic
         self.payload = payload
@@ -111,6 +114,7 @@ class InMessage:
         self._router = router
         self._gen = gen
         self._pending = 1
+        self.seq = seq
 
     @property
     def properties(self) -> dict[str, Any] | None:

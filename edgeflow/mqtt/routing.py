@@ -140,8 +140,19 @@ class Router:
         if props is not None and len(props.__dict__) <= _EMPTY_PROPERTIES:
             # Most messages carry none; keeping paho's empty object alive per message costs GC time.
             props = None
-        m = InMessage(topic, cast(bytes, msg.payload), msg.qos, msg.retain, msg.dup, msg.mid, props, self, self.gen)
         self.messages_in += 1
+        m = InMessage(
+            topic,
+            cast(bytes, msg.payload),
+            msg.qos,
+            msg.retain,
+            msg.dup,
+            msg.mid,
+            props,
+            self,
+            self.gen,
+            self.messages_in,
+        )
         subs = self._routes.get(topic)
         if subs is None:
             subs = self._route(topic)
