@@ -220,6 +220,12 @@ def parse_topology(
     control = None
     if "control" in data:
         control = _table(ControlConfig, data, "control", p)
+        if control is not None and p.connections.get(control.connection) not in (None, "mqtt"):
+            p.add(("control", "connection"), f"the control plane needs an mqtt connection, not {control.connection!r}")
+        if control is not None and (node.id == "all" or any(c in node.id for c in "/+#")):
+            p.add(("node", "id"), f"{node.id!r} cannot name a node on the control plane (no '/', '+', '#', not 'all')")
+        if control is not None and any(c in control.prefix for c in "+#"):
+            p.add(("control", "prefix"), "a topic prefix cannot hold the wildcards '+' or '#'")
 
     actors: dict[str, ActorSpec] = {}
     for section, kind in SECTIONS.items():

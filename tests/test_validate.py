@@ -178,3 +178,31 @@ def test_actors_lists_types_with_their_keys_and_defaults():
     assert "sink.file" in doc
     human = run_cli("actors", "filter")
     assert "where" in human.stdout
+
+
+def test_the_control_plane_needs_an_mqtt_connection_and_a_topic_safe_node_id(tmp_path):
+    path, r = problems_for(
+        tmp_path,
+        """\
+[node]
+id = "gw/17"
+
+[control]
+connection = "db"
+prefix = "fleet/#"
+
+[connections.db]
+type = "mqtt"
+url = "mqtt://127.0.0.1:1883"
+
+[sources.s]
+type = "simulator"
+
+[sinks.o]
+type = "nop"
+inputs = ["s"]
+""",
+    )
+    assert r.returncode == 2
+    assert f"{path}:2: node.id: 'gw/17' cannot name a node on the control plane" in r.stderr
+    assert f"{path}:6: control.prefix: a topic prefix cannot hold the wildcards" in r.stderr
