@@ -144,3 +144,46 @@ def test_status_without_a_runtime_says_so_without_a_traceback(tmp_path: Path):
     assert r.returncode == 3
     assert "no runtime answers" in r.stderr
     assert "Traceback" not in r.stderr
+
+
+def test_buffers_shows_what_a_persisting_sink_holds_while_its_destination_is_down(topology, tmp_path):
+    import socket
+
+    with socket.socket() as s:  # a loopback port with nothing listening: connection refused
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    path = topology(
+        f"""
+[node]
+id = "test"
+data_dir = "{tmp_path / "data"}"
+stop_timeout = "2s"
+
+[sources.sim]
+type = "simulator"
+rate = 500
+
+[sinks.web]
+type = "http"
+inputs = ["sim"]
+url = "http://127.0.0.1:{port}/ingest"
+"""
+    )
+    proc = start_runtime(path)
+    try:
+
+        def held():
+            r = run_cli("buffers", str(path), "--json", timeout=10)
+            doc = json.loads(r.stdout) if r.returncode == 0 else {}
+            return doc if doc.get("web", {}).get("messages", 0) >= 50 else None
+
+        doc = wait_until(held, timeout=20, what="messages to pile up in the buffer")
+        assert doc["web"]["delivered"] == 0
+        assert doc["web"]["bytes"] > 0
+        human = run_cli("buffers", str(path), timeout=10)
+        assert re.search(r"^web\s+\d+\s+\d+", human.stdout, re.M), human.stdout
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        _, stderr = proc.communicate(timeout=30)
+    assert proc.returncode == 0, stderr
+    assert "kept in the buffer for the next run" in stderr
