@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import subprocess
@@ -39,6 +40,13 @@ def wait_until(condition: Callable[[], Any], timeout: float = 10.0, what: str = 
         if time.monotonic() > deadline:
             pytest.fail(f"timed out after {timeout}s waiting for {what}")
         time.sleep(0.02)  # polling interval of a condition with a deadline, not a synchronisation guess
+
+
+async def eventually(condition: Callable[[], Any], limit: float = 20.0) -> None:
+    """Inside an in-process runtime test: let the runtime run until `condition()` holds (or fail)."""
+    async with asyncio.timeout(limit):
+        while not condition():
+            await asyncio.sleep(0.01)  # yields to the runtime under test; bounded by the timeout
 
 
 def read_jsonl(path: Path) -> list[Any]:

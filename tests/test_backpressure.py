@@ -5,18 +5,13 @@ from __future__ import annotations
 import asyncio
 
 import pytest
+from conftest import eventually
 from edgeflow_testplugins import Collect, Gate
 
 from edgeflow.runtime import Runtime
 from edgeflow.topology import load_topology
 
 pytestmark = pytest.mark.timeout(30)
-
-
-async def wait_for(condition, timeout: float = 10.0) -> None:
-    async with asyncio.timeout(timeout):
-        while not condition():
-            await asyncio.sleep(0.01)  # yields to the runtime under test; bounded by the timeout
 
 
 def gated(topology, overflow: str, count: str, name: str):
@@ -45,7 +40,7 @@ def test_block_holds_the_source_to_the_mailbox_capacity_until_the_sink_moves(top
         rt = Runtime(gated(topology, "block", "", "g_block"))
         task = asyncio.create_task(rt.run())
         sim = None
-        await wait_for(lambda: "sim" in rt.cells and len(rt.cells["g_block"].mailbox or []) == 100)
+        await eventually(lambda: "sim" in rt.cells and len(rt.cells["g_block"].mailbox or []) == 100)
         sim = rt.cells["sim"]
         produced = sim.metrics.out
         # Give the source many chances to run; with the sink stuck it must stay where it is.
@@ -55,7 +50,7 @@ def test_block_holds_the_source_to_the_mailbox_capacity_until_the_sink_moves(top
         # Bounded: the mailbox (100) + the batch held by the blocked sink (64) + one source batch (1024).
         assert produced <= 100 + 64 + 1024
         Gate.gates["g_block"].set()
-        await wait_for(lambda: len(Gate.received["g_block"]) > produced + 1000)
+        await eventually(lambda: len(Gate.received["g_block"]) > produced + 1000)
         rt.request_stop()
         assert await task == 0
         seqs = [m.payload["seq"] for m in Gate.received["g_block"]]
@@ -74,7 +69,7 @@ def test_drop_policies_drop_and_count_exactly(topology, policy):
         Gate.received[name] = []
         rt = Runtime(gated(topology, policy, "count = 5000", name))
         task = asyncio.create_task(rt.run())
-        await wait_for(lambda: "sim" in rt.cells and rt.cells["sim"].state == "finished")
+        await eventually(lambda: "sim" in rt.cells and rt.cells["sim"].state == "finished")
         Gate.gates[name].set()
         assert await task == 0
         box = rt.cells[name].mailbox

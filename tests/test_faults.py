@@ -6,6 +6,7 @@ import asyncio
 import json
 
 import pytest
+from conftest import eventually
 from edgeflow_testplugins import Collect, Flaky, Reject
 
 from edgeflow.runtime import Runtime
@@ -216,9 +217,9 @@ inputs = ["sim"]
         )
         task = asyncio.create_task(rt.run())
         got = Collect.received["c_pause"]
-        await wait_for(lambda: len(got) > 20)
+        await eventually(lambda: len(got) > 20)
         assert rt.actor_command("sim", "stop") == "stopped sim"
-        await wait_for(lambda: rt.cells["sim"].state == "paused")
+        await eventually(lambda: rt.cells["sim"].state == "paused")
         n = len(got)
         for _ in range(20):  # the loop keeps turning; nothing new may arrive while stopped
             await asyncio.sleep(0.01)
@@ -227,14 +228,8 @@ inputs = ["sim"]
         with pytest.raises(ValueError, match="only sources"):
             rt.actor_command("c_pause", "stop")
         rt.actor_command("sim", "start")
-        await wait_for(lambda: len(got) > n + 20)
+        await eventually(lambda: len(got) > n + 20)
         rt.request_stop()
         assert await task == 0
 
     asyncio.run(main())
-
-
-async def wait_for(condition, limit: float = 10.0) -> None:
-    async with asyncio.timeout(limit):
-        while not condition():
-            await asyncio.sleep(0.01)  # yields to the runtime under test; bounded by the timeout

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 
 import pytest
+from conftest import eventually
 from edgeflow_testplugins import Gate
 
 from edgeflow.runtime import Runtime
@@ -12,12 +13,6 @@ from edgeflow.sinkbuffer import PENDING_MAX
 from edgeflow.topology import load_topology
 
 pytestmark = pytest.mark.timeout(60)
-
-
-async def wait_for(condition, limit: float = 20.0) -> None:
-    async with asyncio.timeout(limit):
-        while not condition():
-            await asyncio.sleep(0.01)  # yields to the runtime under test; bounded by the timeout
 
 
 def gated(topology, name: str, source: str, buffer: str, node: str = "") -> Runtime:
@@ -50,7 +45,7 @@ def test_block_when_full_keeps_the_disk_and_memory_bounded_and_slows_the_source(
     async def main() -> None:
         rt = gated(topology, "g_full", "", 'max_size = "256KiB", when_full = "block"')
         task = asyncio.create_task(rt.run())
-        await wait_for(lambda: "g_full" in rt.cells and rt.cells["g_full"].state == "buffer-full")
+        await eventually(lambda: "g_full" in rt.cells and rt.cells["g_full"].state == "buffer-full")
         sim, sink = rt.cells["sim"], rt.cells["g_full"]
         async with asyncio.timeout(20):  # the intake gathers up to its bound, then the mailbox fills
             while True:
@@ -68,7 +63,7 @@ def test_block_when_full_keeps_the_disk_and_memory_bounded_and_slows_the_source(
         # the next one gathered behind it, the mailbox, and the source's last batch half put.
         assert produced <= stored.count + 2 * PENDING_MAX + 200 + 1024
         Gate.gates["g_full"].set()
-        await wait_for(lambda: len(Gate.received["g_full"]) > produced)
+        await eventually(lambda: len(Gate.received["g_full"]) > produced)
         rt.request_stop()
         assert await task == 0
         seqs = [m.payload["seq"] for m in Gate.received["g_full"]]
@@ -82,8 +77,8 @@ def test_drop_oldest_when_full_counts_exactly_what_it_dropped(topology):
     async def main() -> None:
         rt = gated(topology, "g_drop", "count = 30000", 'max_size = "128KiB", when_full = "drop_oldest"')
         task = asyncio.create_task(rt.run())
-        await wait_for(lambda: "sim" in rt.cells and rt.cells["sim"].state == "finished")
-        await wait_for(lambda: len(rt.cells["g_drop"].mailbox) == 0 and rt.cells["g_drop"].buffer.dropped > 0)
+        await eventually(lambda: "sim" in rt.cells and rt.cells["sim"].state == "finished")
+        await eventually(lambda: len(rt.cells["g_drop"].mailbox) == 0 and rt.cells["g_drop"].buffer.dropped > 0)
         Gate.gates["g_drop"].set()
         assert await task == 0
         buf = rt.cells["g_drop"].buffer
@@ -100,9 +95,9 @@ def test_ttl_expires_what_waited_too_long_and_counts_it(topology):
     async def main() -> None:
         rt = gated(topology, "g_ttl", "count = 2000", 'ttl = "300ms"')
         task = asyncio.create_task(rt.run())
-        await wait_for(lambda: "g_ttl" in rt.cells and rt.cells["g_ttl"].buffer.buffer.stats().count >= 1500)
+        await eventually(lambda: "g_ttl" in rt.cells and rt.cells["g_ttl"].buffer.buffer.stats().count >= 1500)
         # The gate holds one batch in write; the rest waits in the store until it is too old.
-        await wait_for(lambda: rt.cells["g_ttl"].buffer.expired > 0)
+        await eventually(lambda: rt.cells["g_ttl"].buffer.expired > 0)
         Gate.gates["g_ttl"].set()
         assert await task == 0
         buf = rt.cells["g_ttl"].buffer
@@ -182,11 +177,11 @@ buffer = { persist = true }
         )
         task = asyncio.create_task(rt.run())
         got = Collect.received["c_rs"]
-        await wait_for(lambda: len(got) > 100)
+        await eventually(lambda: len(got) > 100)
         rt.actor_command("c_rs", "restart")
-        await wait_for(lambda: rt.cells["c_rs"].metrics.restarts == 1)
+        await eventually(lambda: rt.cells["c_rs"].metrics.restarts == 1)
         n = len(got)
-        await wait_for(lambda: len(got) > n + 100)
+        await eventually(lambda: len(got) > n + 100)
         rt.request_stop()
         assert await task == 0
         seqs = [m.payload["seq"] for m in got]
