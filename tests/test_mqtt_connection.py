@@ -379,7 +379,8 @@ def test_closed_subscription_keeps_its_messages_for_the_next_subscriber_on_the_f
 ) -> None:
     async def main() -> None:
         before, after, markers = Inbox(), Inbox(), Inbox()
-        async with connection(broker.url, "c") as conn:
+        # No grace at all: a stopped subscriber's messages are held however long it stays away.
+        async with connection(broker.url, "c", unrouted_grace=0) as conn:
             await conn.subscribe("marker", 1, markers).wait_active(5)
             sub = conn.subscribe("r/#", 1, before)
             await sub.wait_active(5)

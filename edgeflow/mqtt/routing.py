@@ -7,13 +7,17 @@ After the pass the connection calls `flush()`, and each handler runs once with i
 Subscriptions are kept in the broker's session: on every connect where the session was not resumed
 (and once per process in any case) they are sent again. A message matching no subscription is held,
 unacknowledged, for `unrouted_grace` seconds in case its subscriber registers just after the connection
-came up (or is being restarted), then acknowledged and dropped, counted in `unrouted`.
+came up, then acknowledged and dropped, counted in `unrouted` (a subscription left in the persistent
+session by an earlier configuration). A message matching a filter whose subscriber closed without
+unsubscribing (an actor stopped or restarting: it will be back) is held, unacknowledged, for as long
+as it takes: dropping it would lose it, and the broker's in-flight window bounds how many wait.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import math
 from collections import deque
 from collections.abc import Callable, Iterable
 from typing import Any, cast
@@ -55,6 +59,7 @@ class Router:
         self._requests: dict[int, list[tuple[str, int]]] = {}  # SUBSCRIBE mid -> what it asked for
         self._parked: deque[tuple[float, InMessage]] = deque()
         self._unrouted_logged: set[str] = set()
+        self._kept: set[str] = set()  # filters closed without unsubscribing: their subscriber comes back
 
     # --- driven by the connection -----------------------------------------------------------------
 
@@ -122,8 +127,15 @@ class Router:
         if not self._parked:
             return
         now = asyncio.get_running_loop().time()
-        while self._parked and self._parked[0][0] <= now:
-            self._drop_unrouted(self._parked.popleft()[1])
+        if all(deadline > now for deadline, _ in self._parked):
+            return
+        keep: deque[tuple[float, InMessage]] = deque()
+        for deadline, m in self._parked:
+            if deadline <= now:
+                self._drop_unrouted(m)
+            else:
+                keep.append((deadline, m))
+        self._parked = keep
 
     # --- paho callbacks ---------------------------------------------------------------------------
 
@@ -219,6 +231,10 @@ class Router:
             self._subs.remove(sub)
         self._routes.clear()
         sub._active.clear()
+        if not unsubscribe:
+            self._kept.add(sub.match)
+        elif not any(s.match == sub.match for s in self._subs):
+            self._kept.discard(sub.match)
         if unsubscribe and not any(s.topic_filter == sub.topic_filter for s in self._subs):
             self._granted.pop(sub.topic_filter, None)
             if self.up:
@@ -243,7 +259,9 @@ class Router:
 
     def _park(self, m: InMessage) -> None:
         """A message no subscription wants (yet): hold QoS 1/2 for the grace period, drop QoS 0."""
-        if m.qos and self._grace > 0:
+        if m.qos and any(mqtt.topic_matches_sub(f, m.topic) for f in self._kept):
+            self._parked.append((math.inf, m))  # its subscriber is stopped or restarting: wait for it
+        elif m.qos and self._grace > 0:
             self._parked.append((asyncio.get_running_loop().time() + self._grace, m))
         else:
             self._drop_unrouted(m)
