@@ -226,9 +226,16 @@ class Cell:
                     raise
                 except Exception as exc:
                     self.state = "crashed"
-                    self.metrics.restarts += 1
                     self.log.error("crashed: %s: %s", type(exc).__name__, exc, exc_info=exc)
                     await self._stop_instance()
+                    if self.removed:
+                        # Taken out by a reload (or a rolled-back apply): its crashes must not count
+                        # against the actors that stay, nor may it come back.
+                        left = len(self.mailbox) if self.mailbox is not None else 0
+                        self.log.error("removed actor crashed while draining; %d messages left undelivered", left)
+                        self.state = "failed"
+                        return
+                    self.metrics.restarts += 1
                     self.supervisor.crashed(self)  # may raise RestartIntensityExceeded
                     if self.spec.restart == "temporary":
                         self.log.error("restart = 'temporary': not restarting")

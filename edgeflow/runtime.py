@@ -309,7 +309,8 @@ class Runtime:
             cell.request_restart()
             return f"restarting {name}"
         if verb in ("stop", "start") and cell.spec.kind != "source":
-            raise ValueError(f"only sources can be stopped and started; {name!r} is a {cell.spec.kind}")
+            article = "an" if cell.spec.kind == "operator" else "a"
+            raise ValueError(f"only sources can be stopped and started; {name!r} is {article} {cell.spec.kind}")
         if verb == "stop":
             cell.pause()
             return f"stopped {name}"
@@ -346,7 +347,8 @@ class Runtime:
         except ConfigError as exc:
             for problem in exc.problems:
                 log.error("reload refused: %s", problem)
-            log.error("reload refused: %d problems; the running topology stays", len(exc.problems))
+            n = len(exc.problems)
+            log.error("reload refused: %d problem%s; the running topology stays", n, "" if n == 1 else "s")
             return {"ok": False, "problems": [str(p) for p in exc.problems]}
         old = self.topology
         if (new.node.data_dir, new.node.synchronous, new.node.id) != (

@@ -138,3 +138,50 @@ def test_reload_adds_and_removes_actors(tmp_path):
     assert proc.returncode == 0, stderr
     seqs = [r["seq"] for r in read_jsonl(files["all"])]
     assert seqs == list(range(len(seqs)))
+
+
+def test_an_actor_removed_by_a_reload_cannot_take_the_node_down_by_crashing_while_it_drains(tmp_path):
+    import asyncio
+
+    from conftest import eventually
+
+    from edgeflow.runtime import Runtime
+    from edgeflow.topology import load_topology
+
+    good = f"""
+[node]
+id = "rm"
+data_dir = "{tmp_path / "data"}"
+
+[supervisor]
+max_restarts = 3
+within = "60s"
+backoff = {{ initial = "50ms", max = "100ms" }}
+
+[sources.sim]
+type = "simulator"
+rate = 200
+
+[sinks.out]
+type = "nop"
+inputs = ["sim"]
+"""
+    bad = good + '\n[sinks.broken]\ntype = "file"\ninputs = ["sim"]\npath = "/proc/no/such/dir/x.jsonl"\n'
+    path = tmp_path / "t.toml"
+
+    async def main() -> None:
+        path.write_text(bad)
+        rt = Runtime(load_topology(path))
+        task = asyncio.create_task(rt.run())
+        await eventually(lambda: "broken" in rt.cells and rt.cells["broken"].metrics.restarts >= 1)
+        path.write_text(good)
+        result = await rt.reload()
+        assert result["removed"] == ["broken"]
+        await eventually(lambda: not rt.retiring)  # the removed sink gave up instead of restarting
+        assert not task.done()  # and the node is still up
+        delivered = rt.cells["out"].metrics.out
+        await eventually(lambda: rt.cells["out"].metrics.out > delivered + 20)
+        rt.request_stop()
+        assert await task == 0
+
+    asyncio.run(main())

@@ -111,6 +111,7 @@ class FileSink(Sink):
         await asyncio.to_thread(self._append, lines)
 
     async def on_stop(self) -> None:
-        if self._fh is not None:
-            self._fh.close()
+        fh = getattr(self, "_fh", None)  # None also when on_start failed before opening anything
+        if fh is not None:
+            fh.close()
             self._fh = None
