@@ -164,7 +164,7 @@ class SinkBuffer:
             while len(self._pending) >= PENDING_MAX:
                 self._room.clear()
                 await self._room.wait()
-            batch = await mb.get(PENDING_MAX)
+            batch = await mb.get(PENDING_MAX - len(self._pending))  # pending stays within its bound
             if batch is None:
                 self._input_ended = True
                 self._gathered.set()
