@@ -62,6 +62,7 @@ class SinkBuffer:
         self._next: int | None = None  # next seq delivery expects; None = ask the store
         self._delivering = 0  # highest seq handed to the sink and not yet deleted: spared by drops
         self._generation = 0  # bumped whenever rows go behind delivery's back
+        self._removing = 0  # drops/expiries in flight: their `after` was fixed when they were sent
 
     def status(self) -> dict[str, Any]:
         s = self.buffer.stats()
@@ -201,7 +202,12 @@ class SinkBuffer:
         limit = self.config.max_size
         while self.buffer.stats().bytes >= limit:
             if self.config.when_full == "drop_oldest":
-                n = await self.buffer.drop_oldest(max(incoming, 1), after=self._delivering)
+                self._generation += 1  # a read already queued may return what this drops
+                self._removing += 1
+                try:
+                    n = await self.buffer.drop_oldest(max(incoming, 1), after=self._delivering)
+                finally:
+                    self._removing -= 1
                 self._forget_recent()
                 self.dropped += n
                 cell.metrics.dropped += n
@@ -250,7 +256,12 @@ class SinkBuffer:
     async def _expiry(self, cell: Cell, ttl: float) -> None:
         """Expire the stale head of the buffer, independently of delivery (which may be stuck)."""
         while True:
-            n = await self.buffer.expire(time.time() - ttl, after=self._delivering)
+            self._generation += 1  # a read already queued may return what this expires
+            self._removing += 1
+            try:
+                n = await self.buffer.expire(time.time() - ttl, after=self._delivering)
+            finally:
+                self._removing -= 1
             if n:
                 self._forget_recent()
                 self.expired += n
@@ -268,6 +279,8 @@ class SinkBuffer:
 
     def _take_recent(self, max_n: int) -> list[tuple[int, Message]] | None:
         """The next messages from memory when they are exactly the next in store order, else None."""
+        if self._removing:
+            return None  # a drop in flight may take what memory holds; the store read is checked
         recent = self._recent
         while recent:
             first, msgs = recent[0]

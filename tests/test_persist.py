@@ -151,7 +151,11 @@ buffer = { persist = true }
     assert asyncio.run(rt.run()) == 0
     assert rt.cells["crashy1"].metrics.restarts == 1
     seqs = [m.payload["seq"] for m in Crashy.received["crashy1"]]
-    assert seqs == list(range(3000))  # the crashed write delivered nothing; its batch came again, in place
+    seen: set[int] = set()
+    firsts = [s for s in seqs if not (s in seen or seen.add(s))]
+    # The crashed write delivered nothing and its batch came again, in place. A crash may duplicate
+    # (a commit the crash interrupted can land and be made again), never lose or reorder.
+    assert firsts == list(range(3000))
 
 
 def test_restarting_a_persisting_sink_by_command_restarts_it_and_loses_nothing(topology):

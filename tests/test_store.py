@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 
 from edgeflow.errors import Permanent, Retryable, StoreError
-from edgeflow.message import Message, encode
-from edgeflow.store import SCHEMA_VERSION, BufferStats, Store, StoreFull, schema
+from edgeflow.message import Message, decode, encode
+from edgeflow.store import SCHEMA_VERSION, BufferStats, Store, StoreFull, rows, schema
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -339,6 +339,152 @@ def test_a_message_with_a_non_numeric_ts_fails_its_append_as_permanent_and_store
     run(main())
 
 
+# -- one row per batch ---------------------------------------------------------------------------
+
+
+def test_a_batch_is_stored_as_the_concatenated_encode_form_of_its_messages(tmp_path):
+    path = tmp_path / "s.db"
+    batch = msgs(0, 50)
+
+    async def main():
+        async with await Store.open(path) as store:
+            await store.buffer("b").append(batch)
+
+    run(main())
+    with sqlite3.connect(path) as conn:
+        [(first, last, data)] = conn.execute("SELECT seq, last, data FROM buffer_1").fetchall()
+    assert (first, last) == (1, 50)
+    assert data == b"".join(encode(m) for m in batch)
+    assert decode(data[: len(encode(batch[0]))]) == batch[0]
+
+
+def test_a_batch_bigger_than_a_row_is_cut_into_rows_and_reads_back_whole(tmp_path):
+    path = tmp_path / "s.db"
+    n = rows.ROW_MAX_MESSAGES + 100
+
+    async def main():
+        async with await Store.open(path) as store:
+            buf = store.buffer("b")
+            await buf.append(msgs(0, n))
+            assert payloads(await buf.read(n)) == list(range(n))
+            assert buf.stats().count == n
+
+    run(main())
+    with sqlite3.connect(path) as conn:
+        [(count, biggest)] = conn.execute("SELECT count(*), max(length(data)) FROM buffer_1").fetchall()
+    assert count >= 2
+    assert biggest <= rows.ROW_MAX_BYTES
+
+
+def test_a_message_bigger_than_a_row_is_stored_alone_and_reads_back_equal(tmp_path):
+    async def main():
+        big = Message({"blob": "x" * (rows.ROW_MAX_BYTES + 1000)}, source="cam")
+        async with await Store.open(tmp_path / "s.db") as store:
+            buf = store.buffer("b")
+            seqs = await buf.append([*msgs(0, 3), big, *msgs(3, 3)])
+            assert [seq for seq, _ in await buf.read(3, after=seqs[2])] == list(seqs[3:6])
+            got = await buf.read(10)
+            assert got[3] == (seqs[3], big)
+            assert payloads(got[:3] + got[4:]) == [0, 1, 2, 3, 4, 5]
+            assert buf.stats().bytes == sum(len(encode(m)) for _, m in got)
+            await buf.delete(seqs[:4])
+            assert buf.stats().bytes == sum(len(encode(m)) for _, m in got[4:])
+
+    run(main())
+
+
+def test_messages_of_64_kib_or_more_share_a_row_with_small_ones_and_read_back_equal(tmp_path):
+    async def main():
+        batch = [*msgs(0, 2), Message({"blob": "y" * 70_000}), *msgs(2, 2), Message({"blob": "z" * 100_000})]
+        async with await Store.open(tmp_path / "s.db") as store:
+            buf = store.buffer("b")
+            seqs = await buf.append(batch)
+            assert [m for _, m in await buf.read(10)] == batch
+            await buf.delete(seqs[:3])
+            assert [m for _, m in await buf.read(10)] == batch[3:]
+            assert buf.stats().bytes == sum(len(encode(m)) for m in batch[3:])
+        async with await Store.open(tmp_path / "s.db") as store:
+            assert [m for _, m in await store.buffer("b").read(10)] == batch[3:]
+
+    run(main())
+
+
+def wal_frames(path: Path) -> int:
+    size = Path(f"{path}-wal").stat().st_size
+    return max(0, size - 32) // (4096 + 24)  # header, then frames of one page plus a 24-byte header
+
+
+def test_acknowledging_a_big_batch_a_few_messages_at_a_time_does_not_rewrite_it(tmp_path):
+    path = tmp_path / "s.db"
+
+    async def fill():
+        async with await Store.open(path) as store:
+            await store.buffer("b").append(msgs(0, 4000, pad=100))  # ~2 MB: rows of ROW_MAX_BYTES
+
+    async def acknowledge():
+        async with await Store.open(path) as store:  # close() checkpointed: the WAL starts empty
+            buf = store.buffer("b")
+            rows_ = await buf.read(40)
+            for seq, _ in rows_:
+                await buf.delete([seq])  # one commit each
+            frames = wal_frames(path)
+            # A commit writes the pages it changed: a trim and the counters, not the row's ~64 pages.
+            assert frames <= 5 * len(rows_), f"{frames} WAL pages for {len(rows_)} acknowledgements"
+            assert payloads(await buf.read(3)) == [40, 41, 42]
+            assert buf.stats().count == 3960
+
+    run(fill())
+    run(acknowledge())
+
+
+def test_reading_big_batches_a_few_messages_at_a_time_fetches_each_row_once_and_decodes_each_message_once(
+    tmp_path, monkeypatch
+):
+    import msgpack
+
+    from edgeflow.store import writer
+
+    decoded = [0]
+    fetched: list[int] = []
+    real = msgpack.unpackb
+
+    def counting(data, **kw):
+        decoded[0] += len(data)
+        return real(data, **kw)
+
+    class CountingRow(rows.Row):
+        __slots__ = ()
+
+        def __init__(self, seq, last, ts, sizes, data=None):
+            super().__init__(seq, last, ts, sizes, data)
+            if data is not None:
+                fetched.append(seq)
+
+        def set_data(self, data):
+            super().set_data(data)
+            fetched.append(self.seq)
+
+    async def main():
+        async with await Store.open(tmp_path / "s.db") as store:
+            buf = store.buffer("b")
+            await buf.append(msgs(0, 2000, pad=150))  # ~2 rows
+            stored = buf.stats().bytes
+            monkeypatch.setattr(rows.msgpack, "unpackb", counting)
+            monkeypatch.setattr(writer, "Row", CountingRow)
+            after, got = 0, []
+            while batch := await buf.read(7, after=after):
+                got += payloads(batch)
+                after = batch[-1][0]
+                await buf.delete([seq for seq, _ in batch])  # acknowledged in between, as a sink does
+            assert got == list(range(2000))
+            assert len(fetched) >= 2
+            assert len(fetched) == len(set(fetched)), f"rows fetched again: {fetched}"
+            # Each read decodes what it returns (plus a 3-byte array header), nothing twice.
+            assert decoded[0] <= stored + 3 * (2000 // 7 + 1), (decoded[0], stored)
+
+    run(main())
+
+
 # -- group commit ---------------------------------------------------------------------------------
 
 
@@ -404,6 +550,37 @@ def test_an_empty_file_is_migrated_from_version_0(tmp_path):
     async def main():
         async with await Store.open(path) as store:
             await store.buffer("b").append(msgs(0, 1))
+
+    run(main())
+    assert user_version(path) == SCHEMA_VERSION
+
+
+def test_a_version_2_store_with_one_row_per_message_is_migrated_and_replays_in_order(tmp_path):
+    path = tmp_path / "s.db"
+    kept = [(seq, Message({"i": seq}, source="old", ts=1000.0 + seq)) for seq in range(1, 10_001) if seq % 997]
+    with sqlite3.connect(path, isolation_level=None) as conn:  # exactly what edgeflow wrote at version 2
+        for migrate in schema.MIGRATIONS[:2]:
+            migrate(conn)
+        conn.execute("PRAGMA user_version = 2")
+        conn.execute(
+            "INSERT INTO buffers (id, name, count, bytes, last_seq) VALUES (1, 'b', ?, ?, 10050)",
+            (len(kept), sum(len(encode(m)) for _, m in kept)),
+        )
+        conn.execute("INSERT INTO buffers (id, name, count, bytes, last_seq) VALUES (2, 'empty', 0, 0, 7)")
+        for id_ in (1, 2):
+            conn.execute(f"CREATE TABLE buffer_{id_} (seq INTEGER PRIMARY KEY, ts REAL NOT NULL, data BLOB NOT NULL)")
+        conn.executemany("INSERT INTO buffer_1 VALUES (?, ?, ?)", [(s, m.ts, encode(m)) for s, m in kept])
+
+    async def main():
+        async with await Store.open(path) as store:
+            buf = store.buffer("b")
+            assert await buf.read(10**6) == kept
+            assert buf.stats() == BufferStats(len(kept), sum(len(encode(m)) for _, m in kept), 1001.0)
+            assert await store.buffer("empty").read(10) == []
+            await buf.delete([seq for seq, _ in kept[:1500]])  # across the gaps the old rows had
+            assert await buf.read(2) == kept[1500:1502]
+            assert (await buf.append(msgs(0, 1)))[0] == 10051
+            assert (await store.buffer("empty").append(msgs(0, 1)))[0] == 8
 
     run(main())
     assert user_version(path) == SCHEMA_VERSION
@@ -556,10 +733,11 @@ def test_a_write_that_fails_fails_every_request_committed_with_it_and_each_can_b
 
     async def main():
         async with await Store.open(tmp_path / "s.db", max_bytes=4 * 1024 * 1024) as store:
-            # The first append fills a whole group; the next two queue behind it and share one transaction.
-            first = store.buffer("a").append(msgs(0, MAX_GROUP_WEIGHT))
+            # The first append is a whole group and keeps the writer busy for a while; the next two,
+            # quick to encode (a few big messages), queue behind it and share one transaction.
+            first = store.buffer("a").append(msgs(0, 3 * MAX_GROUP_WEIGHT))
             fits = store.buffer("b").append(msgs(0, 1))
-            too_big = store.buffer("c").append(msgs(0, 5000, pad=1000))
+            too_big = store.buffer("c").append(msgs(0, 5, pad=1024 * 1024))
             results = await asyncio.gather(first, fits, too_big, return_exceptions=True)
             assert isinstance(results[0], range)
             assert isinstance(results[1], StoreFull)

@@ -4,8 +4,9 @@ A message entering a persisting sink is appended here and acknowledged upstream 
 is committed; the sink reads from the store in order and deletes only what the destination
 acknowledged, so a restart replays exactly what was not acknowledged, in order.
 
-- `api`: `Store` and `Buffer`, the asyncio face.
-- `writer`: the writer thread, group commit, reads.
+- `api`: `Store` and `Buffer`, the asyncio face (messages are encoded and decoded there, on the loop).
+- `writer`: the writer thread, group commit, reads, removals.
+- `rows`: the row layout: each appended batch is one row of concatenated records.
 - `schema`: opening, corruption quarantine, forward migrations.
 - `faults`: `StoreFull` / `StoreUnavailable` (retryable) and the SQLite error translation.
 """

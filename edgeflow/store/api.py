@@ -1,7 +1,9 @@
 """`Store` and `Buffer`: the asyncio face of the durable store.
 
 Every method that touches the file queues a request for the store's writer thread and awaits its
-future (one thread hop; see `edgeflow.store.writer` for group commit). A store is bound to the event
+future (one thread hop; see `edgeflow.store.writer` for group commit). Messages are encoded (`append`)
+and decoded (`read`) here on the loop, not on the thread: that is CPU work the GIL would serialize with
+the loop anyway, and the thread then holds the GIL only between its SQLite calls. A store is bound to the event
 loop that opened it. Cancelling a caller does not withdraw its queued request: an append whose caller
 was cancelled may still be committed (a possible duplicate, never a loss).
 """
@@ -17,6 +19,7 @@ from typing import Any
 
 from edgeflow.errors import StoreError
 from edgeflow.message import Message
+from edgeflow.store.rows import Encoder, Records, decode
 from edgeflow.store.writer import BufferStats, Op, Request, Result, Writer
 
 __all__ = ["Buffer", "Store"]
@@ -39,6 +42,7 @@ class Store:
     _buffers: dict[str, Buffer]
     _stats: dict[str, BufferStats]
     _writer: Writer
+    _encoder: Encoder
 
     def __init__(self) -> None:
         raise TypeError("use `await Store.open(path)`")
@@ -62,6 +66,7 @@ class Store:
         self._closed = False
         self._buffers = {}
         self._stats = {}
+        self._encoder = Encoder()
         self._writer = Writer(self.path, mode, max_bytes, self._loop, self._deliver)
         self._writer.thread.start()
         try:
@@ -155,21 +160,24 @@ class Buffer:
     async def append(self, msgs: Sequence[Message]) -> range:
         """Store `msgs` in order; returns their seqs once committed (durable per `synchronous`).
 
+        The messages are encoded here, on the loop, before the request is queued (see `rows.Encoder`).
         Raises `StoreFull` / `StoreUnavailable` (retryable: nothing of the call was stored),
         `Permanent` if a message cannot be encoded (nothing of the call was stored).
         """
-        result: range = await self._store._submit(Op.APPEND, self.name, tuple(msgs), len(msgs))
+        encoded = self._store._encoder.encode(msgs)
+        result: range = await self._store._submit(Op.APPEND, self.name, encoded, len(msgs))
         return result
 
     async def read(self, max_n: int, after: int = 0) -> list[tuple[int, Message]]:
         """Up to `max_n` (seq, message) pairs with seq > `after`, oldest first; nothing is removed."""
-        fut = self._store._submit(Op.READ, self.name, (max_n, after), max_n)
-        result: list[tuple[int, Message]] = await fut
-        return result
+        chunks: list[Records] = await self._store._submit(Op.READ, self.name, (max_n, after), max_n)
+        return decode(chunks)
 
     async def delete(self, seqs: Sequence[int]) -> None:
         """Remove these seqs (after the destination acknowledged them); unknown seqs are ignored."""
-        await self._store._submit(Op.DELETE, self.name, tuple(seqs), len(seqs))
+        # A range (what delivery acknowledges) goes as it is: the writer takes it as one run.
+        arg = seqs if isinstance(seqs, range) else tuple(seqs)
+        await self._store._submit(Op.DELETE, self.name, arg, len(seqs))
 
     async def drop_oldest(self, n: int, after: int = 0) -> int:
         """Remove the `n` oldest messages with seq > `after` (`when_full = "drop_oldest"`; `after` spares

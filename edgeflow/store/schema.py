@@ -3,15 +3,19 @@
 Everything here runs on the store's writer thread (`edgeflow.store.writer`) when `Store.open` is awaited,
 so no file I/O touches the event loop.
 
-Layout (schema version 1). One table per buffer keeps the hot paths to a single B-tree each (append is
-an append at the right edge of `buffer_<id>`, a delivered prefix is one range delete) plus a small index
-on `ts` for TTL expiry and the oldest timestamp:
+Layout (schema version 3). One table per buffer keeps the hot paths to a single B-tree each (append is
+an insert at the right edge of `buffer_<id>`, a delivered prefix is a range delete):
 
 - `buffers(id, name, count, bytes, last_seq)`: one row per buffer; the counters are updated in the same
   transaction as the rows they count, so opening a store with a large backlog reads no backlog.
   `last_seq` makes sequence numbers strictly increasing for the life of the file, never reused, even
   after a buffer was emptied.
-- `buffer_<id>(seq INTEGER PRIMARY KEY, ts REAL, data BLOB)`: `data` is `edgeflow.message.encode(msg)`.
+- `buffer_<id>(seq INTEGER PRIMARY KEY, last, ts, sizes, data)`: one row per appended batch (cut at
+  `rows.ROW_MAX_MESSAGES` / `rows.ROW_MAX_BYTES`) holding the messages `seq..last`; see
+  `edgeflow.store.rows` for the columns. `data` is the concatenation of `edgeflow.message.encode(msg)`.
+- `trims(buffer, seq, lo, hi)`: for a row of which some messages were removed, the seqs `lo..hi` it
+  still holds (always a contiguous range; a row whose remainder would not be is rewritten instead).
+  Acknowledging part of a row updates this small row rather than rewriting the row's blob.
 - `state(key TEXT PRIMARY KEY, value BLOB)`: source offsets, operator state.
 
 `PRAGMA user_version` holds the schema version. `MIGRATIONS[i]` takes a file from version `i` to `i + 1`
@@ -30,6 +34,7 @@ from pathlib import Path
 
 from edgeflow.errors import StoreError
 from edgeflow.store.faults import is_corruption
+from edgeflow.store.rows import ROW_MAX_MESSAGES, pack_rows
 
 __all__ = ["MIGRATIONS", "SCHEMA_VERSION", "buffer_table", "open_database", "quarantine"]
 
@@ -52,13 +57,52 @@ def _to_v2(conn: sqlite3.Connection) -> None:
         conn.execute(f"DROP INDEX IF EXISTS buffer_{int(id_):d}_ts")
 
 
-MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_to_v1, _to_v2]
+_V3_BUFFER = (
+    "(seq INTEGER PRIMARY KEY, last INTEGER NOT NULL, ts BLOB NOT NULL, sizes BLOB NOT NULL, data BLOB NOT NULL)"
+)
+
+
+def _to_v3(conn: sqlite3.Connection) -> None:
+    # One row per message -> one row per run of consecutive messages (see `edgeflow.store.rows`): the
+    # per-row cost, not the bytes, bounded a persisting sink. The records themselves are unchanged.
+    conn.execute(
+        "CREATE TABLE trims (buffer INTEGER NOT NULL, seq INTEGER NOT NULL, lo INTEGER NOT NULL,"
+        " hi INTEGER NOT NULL, PRIMARY KEY (buffer, seq)) WITHOUT ROWID"
+    )
+    for (id_,) in conn.execute("SELECT id FROM buffers").fetchall():
+        table = f"buffer_{int(id_):d}"
+        conn.execute(f"ALTER TABLE {table} RENAME TO {table}_v2")
+        conn.execute(f"CREATE TABLE {table} {_V3_BUFFER}")
+        insert = f"INSERT INTO {table} (seq, last, ts, sizes, data) VALUES (?, ?, ?, ?, ?)"
+        chunk_sql = f"SELECT seq, ts, data FROM {table}_v2 WHERE seq > ? ORDER BY seq LIMIT {ROW_MAX_MESSAGES:d}"
+        first = prev = 0
+        tss: list[float] = []
+        parts: list[bytes] = []
+        # Chunk by chunk, deleting what was copied, so the new rows reuse the old rows' pages and the
+        # file does not grow to hold both.
+        while chunk := conn.execute(chunk_sql, (prev,)).fetchall():
+            for seq, ts, data in chunk:
+                if parts and (seq != prev + 1 or len(parts) >= ROW_MAX_MESSAGES):
+                    conn.executemany(insert, pack_rows(first, tss, parts))
+                    tss, parts = [], []
+                if not parts:
+                    first = seq
+                tss.append(float(ts))
+                parts.append(bytes(data))
+                prev = seq
+            conn.execute(f"DELETE FROM {table}_v2 WHERE seq <= ?", (prev,))
+        if parts:
+            conn.executemany(insert, pack_rows(first, tss, parts))
+        conn.execute(f"DROP TABLE {table}_v2")
+
+
+MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_to_v1, _to_v2, _to_v3]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
 def buffer_table(conn: sqlite3.Connection, buffer_id: int) -> None:
     """Create the table of one buffer (current schema). `buffer_id` is an integer: no quoting issue."""
-    conn.execute(f"CREATE TABLE buffer_{buffer_id:d} (seq INTEGER PRIMARY KEY, ts REAL NOT NULL, data BLOB NOT NULL)")
+    conn.execute(f"CREATE TABLE buffer_{buffer_id:d} {_V3_BUFFER}")
 
 
 class _Corrupt(Exception):

@@ -10,11 +10,19 @@ sees every write queued before it (a sink reading right after an append finds it
 second connection, WAL reader locks or checkpoint coordination, and a read costs one thread hop like
 a write. Reads are short index-range scans, so they never hold back commits for long.
 
+Each append is stored as one row per batch (`edgeflow.store.rows`), so the per-row cost of SQLite is
+paid per batch, not per message. Removing messages never rewrites a row in the common cases: a row
+wholly removed is deleted, a row left with one contiguous range gets a trim (`schema`); only a hole in
+the middle of a row rewrites it. The last `ROW_CACHE` rows each buffer touched stay indexed in memory
+(timestamps, record offsets, and the records once read), so a sink that reads or acknowledges a big
+row in small pieces fetches it once; a read hands the loop just the records it returns, to decode.
+
 Failure model: an `sqlite3.Error` anywhere in a group rolls back the whole transaction and fails every
 request of the group (reads included, since they may have seen the rolled-back writes) with the
-translated error (`StoreFull`, `StoreUnavailable`, `StoreError`); the in-memory counters are reloaded
-from the file before the next group. Any other exception fails only the request that raised it (a
-message msgpack cannot encode: `Permanent`); its transaction goes on.
+translated error (`StoreFull`, `StoreUnavailable`, `StoreError`); the in-memory counters, trims and
+cached rows are reloaded from the file before the next group. Any other exception fails only the
+request that raised it (a damaged row: `StoreError`); its transaction goes on. Messages are encoded on
+the loop before they are queued (`rows.Encoder`): one that cannot be fails its `append` at once.
 """
 
 from __future__ import annotations
@@ -24,14 +32,15 @@ import logging
 import queue
 import sqlite3
 import threading
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from edgeflow.errors import EdgeflowError, Permanent, StoreError
-from edgeflow.message import Message, decode, encode
+from edgeflow.errors import EdgeflowError, StoreError
 from edgeflow.store.faults import translate
+from edgeflow.store.rows import ROW_MAX_BYTES, Encoded, Records, Row, RowValues
 from edgeflow.store.schema import buffer_table, open_database
 
 __all__ = ["MAX_GROUP_WEIGHT", "BufferStats", "Op", "Request", "Writer"]
@@ -40,6 +49,9 @@ log = logging.getLogger("edgeflow.store")
 
 # Bounds one transaction (and so the latency of everyone in it, and the WAL growth) to ~10-30 ms of work.
 MAX_GROUP_WEIGHT = 10_000
+# Rows kept indexed (and, once read, with their records) per buffer: the head a sink reads and
+# acknowledges in pieces, and the next one when a read or an acknowledgement spans two rows.
+ROW_CACHE = 4
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,7 +86,9 @@ Deliver = Callable[[list[Result], dict[str, BufferStats]], None]
 
 
 class _Buf:
-    """Writer-side state of one buffer: committed counters plus the SQL naming its table."""
+    """Writer-side state of one buffer: committed counters, the trims of its partly removed rows (as in
+    the `trims` table), the rows it touched last (`ROW_CACHE`, least recently used first) and the SQL
+    naming its table."""
 
     __slots__ = (
         "bytes",
@@ -82,16 +96,17 @@ class _Buf:
         "id",
         "last_seq",
         "oldest",
+        "rows",
         "shrunk",
-        "sql_count_between",
-        "sql_count_upto",
+        "sql_blob",
+        "sql_data",
         "sql_delete_between",
-        "sql_delete_upto",
-        "sql_first_fresh",
+        "sql_from",
+        "sql_head",
         "sql_insert",
-        "sql_nth",
-        "sql_oldest",
-        "sql_read",
+        "sql_meta",
+        "sql_span",
+        "trims",
     )  # fmt: skip
 
     def __init__(self, id_: int, count: int, nbytes: int, last_seq: int, oldest: float | None) -> None:
@@ -101,24 +116,35 @@ class _Buf:
         self.last_seq = last_seq
         self.oldest = oldest
         self.shrunk = False
+        self.trims: dict[int, tuple[int, int]] = {}  # row key -> (lo, hi), the seqs it still holds
+        self.rows: OrderedDict[int, Row] = OrderedDict()
         t = f"buffer_{id_:d}"
-        sums = "SELECT count(*), coalesce(sum(length(data)), 0) FROM " + t
-        self.sql_insert = f"INSERT INTO {t} (seq, ts, data) VALUES (?, ?, ?)"
-        self.sql_read = f"SELECT seq, data FROM {t} WHERE seq > ? ORDER BY seq LIMIT ?"
-        self.sql_count_between = f"{sums} WHERE seq BETWEEN ? AND ?"
+        # Rows from the one holding seq ?1 (or the first after it) on: an index seek, then a range scan.
+        start = f"seq >= coalesce((SELECT max(seq) FROM {t} WHERE seq <= ?1), 0)"
+        self.sql_insert = f"INSERT INTO {t} (seq, last, ts, sizes, data) VALUES (?, ?, ?, ?, ?)"
+        self.sql_from = f"SELECT seq, last FROM {t} WHERE {start} ORDER BY seq"
+        self.sql_span = f"SELECT seq, last, length(data) FROM {t} WHERE {start} AND seq <= ?2 ORDER BY seq"
+        self.sql_meta = f"SELECT ts, sizes FROM {t} WHERE seq = ?"
+        self.sql_data = f"SELECT ts, sizes, data FROM {t} WHERE seq = ?"
+        self.sql_blob = f"SELECT data FROM {t} WHERE seq = ?"
         self.sql_delete_between = f"DELETE FROM {t} WHERE seq BETWEEN ? AND ?"
-        self.sql_nth = f"SELECT max(seq) FROM (SELECT seq FROM {t} WHERE seq > ? ORDER BY seq LIMIT ?)"
-        self.sql_count_upto = f"{sums} WHERE seq <= ?"
-        self.sql_delete_upto = f"DELETE FROM {t} WHERE seq <= ?"
-        self.sql_first_fresh = f"SELECT seq FROM {t} WHERE seq > ? AND ts >= ? ORDER BY seq LIMIT 1"
-        self.sql_oldest = f"SELECT ts FROM {t} ORDER BY seq LIMIT 1"
+        self.sql_head = f"SELECT seq, last FROM {t} ORDER BY seq LIMIT 1"
 
     def stats(self) -> BufferStats:
         return BufferStats(self.count, self.bytes, self.oldest)
 
 
+_TRIM_PUT = (
+    "INSERT INTO trims (buffer, seq, lo, hi) VALUES (?, ?, ?, ?)"
+    " ON CONFLICT (buffer, seq) DO UPDATE SET lo = excluded.lo, hi = excluded.hi"
+)
+_TRIM_DELETE = "DELETE FROM trims WHERE buffer = ? AND seq = ?"
+
+
 def _runs(seqs: Sequence[int]) -> list[tuple[int, int]]:
     """Sorted, de-duplicated `seqs` as inclusive (first, last) runs of consecutive integers."""
+    if isinstance(seqs, range) and seqs.step == 1:  # what delivery acknowledges: no sorting, no set
+        return [(seqs.start, seqs.stop - 1)] if seqs else []
     ss = sorted(set(seqs))
     if ss[-1] - ss[0] + 1 == len(ss):
         return [(ss[0], ss[-1])]
@@ -224,18 +250,59 @@ class Writer:
         self._conn.close()
 
     def _load(self) -> None:
-        """(Re)read every buffer's counters from the file: at open and after a failed group."""
-        assert self._conn is not None
+        """(Re)read every buffer's counters and trims from the file: at open and after a failed group
+        (which also drops the cached rows: the rolled-back group may have written or trimmed them)."""
+        conn = self._conn
+        assert conn is not None
+        trims: dict[int, dict[int, tuple[int, int]]] = {}
+        for id_, seq, lo, hi in conn.execute("SELECT buffer, seq, lo, hi FROM trims").fetchall():
+            trims.setdefault(id_, {})[seq] = (lo, hi)
         bufs = {}
-        for id_, name, count, nbytes, last_seq in self._conn.execute(
+        for id_, name, count, nbytes, last_seq in conn.execute(
             "SELECT id, name, count, bytes, last_seq FROM buffers"
         ).fetchall():
             b = _Buf(id_, count, nbytes, last_seq, None)
-            row = self._conn.execute(b.sql_oldest).fetchone()
-            b.oldest = row[0] if row else None
+            b.trims = trims.get(id_, {})
+            b.oldest = self._head_ts(conn, b) if count else None
             bufs[name] = b
         self._bufs = bufs
         self._stale = False
+
+    def _head_ts(self, conn: sqlite3.Connection, b: _Buf) -> float | None:
+        """The ts of the buffer's head message (the next to deliver), or None if it is empty."""
+        head = conn.execute(b.sql_head).fetchone()
+        if head is None:
+            return None
+        seq, last = head
+        lo, _ = b.trims.get(seq, (seq, last))
+        ts: float = self._row(conn, b, seq, last).tss[lo - seq]
+        return ts
+
+    def _row(self, conn: sqlite3.Connection, b: _Buf, seq: int, last: int, data: bool = False) -> Row:
+        """Row `seq` (whose last seq is `last`) from the cache or the file, with its records if `data`.
+
+        Many small reads, or acknowledgements, of one big row fetch and index it once. Raises
+        `StoreError` if the row's columns disagree (damage SQLite's own checks cannot see).
+        """
+        row = b.rows.get(seq)
+        try:
+            if row is None or row.last != last:
+                if data:
+                    ts, sizes, blob = conn.execute(b.sql_data, (seq,)).fetchone()
+                    row = Row(seq, last, ts, sizes, blob)
+                else:
+                    ts, sizes = conn.execute(b.sql_meta, (seq,)).fetchone()
+                    row = Row(seq, last, ts, sizes)
+                b.rows[seq] = row
+                if len(b.rows) > ROW_CACHE:
+                    b.rows.popitem(last=False)
+            else:
+                b.rows.move_to_end(seq)
+                if data and row.data is None:
+                    row.set_data(conn.execute(b.sql_blob, (seq,)).fetchone()[0])
+        except ValueError as exc:
+            raise StoreError(f"store {self.path}: {exc}; restore it from a backup or move it away") from exc
+        return row
 
     # -- one group ----------------------------------------------------------------------------------
 
@@ -258,7 +325,7 @@ class Writer:
                     results.append((r.fut, exc, True))
             for b in touched.values():
                 if b.shrunk:
-                    b.oldest = conn.execute(b.sql_oldest).fetchone()[0] if b.count else None
+                    b.oldest = self._head_ts(conn, b) if b.count else None
                     b.shrunk = False
                 conn.execute(
                     "UPDATE buffers SET count = ?, bytes = ?, last_seq = ? WHERE id = ?",
@@ -304,78 +371,181 @@ class Writer:
     # own request while the transaction goes on, so nothing of that request may have been written.
 
     def _op_append(self, conn: sqlite3.Connection, r: Request, touched: dict[str, _Buf]) -> range:
-        msgs: Sequence[Message] = r.arg
+        batch: Encoded = r.arg  # encoded by `Buffer.append` on the loop
         b = self._buffer(conn, r.name)
-        first = seq = b.last_seq + 1
-        if not msgs:
+        first = b.last_seq + 1
+        if not batch.count:
             return range(first, first)
-        rows = []
-        nbytes = 0
-        try:
-            for m in msgs:
-                data = encode(m)
-                rows.append((seq, float(m.ts), data))
-                nbytes += len(data)
-                seq += 1
-        except (TypeError, ValueError, OverflowError) as exc:
-            raise Permanent(f"message {m.id} cannot be stored: {exc}") from exc
-        conn.executemany(b.sql_insert, rows)
-        b.last_seq = seq - 1
-        b.count += len(rows)
-        b.bytes += nbytes
+        conn.executemany(b.sql_insert, batch.values(first))
+        b.last_seq = first + batch.count - 1
+        b.count += batch.count
+        b.bytes += batch.nbytes
         if b.oldest is None:  # the buffer was empty: the first of these is now its head
-            b.oldest = rows[0][1]
+            b.oldest = batch.first_ts
         touched[r.name] = b
-        return range(first, seq)
+        return range(first, b.last_seq + 1)
 
-    def _op_read(self, conn: sqlite3.Connection, r: Request, touched: dict[str, _Buf]) -> list[tuple[int, Message]]:
+    def _op_read(self, conn: sqlite3.Connection, r: Request, touched: dict[str, _Buf]) -> list[Records]:
+        """The records to return, by row, for `Buffer.read` to decode on the loop."""
         b = self._bufs.get(r.name)
-        if b is None or b.count == 0:
-            return []
         max_n, after = r.arg
-        return [(seq, decode(data)) for seq, data in conn.execute(b.sql_read, (after, max_n)).fetchall()]
+        out: list[Records] = []
+        if b is None or b.count == 0 or max_n <= 0:
+            return out
+        cur = conn.execute(b.sql_from, (after + 1,))
+        try:
+            for seq, last in cur:
+                lo, hi = b.trims.get(seq, (seq, last))
+                lo = max(lo, after + 1)
+                if lo > hi:
+                    continue
+                k = min(hi - lo + 1, max_n)
+                row = self._row(conn, b, seq, last, data=True)
+                out.append(row.records(lo - seq, lo - seq + k))
+                if row.ends[-1] > ROW_MAX_BYTES:  # one huge message, read whole: not worth keeping
+                    row.data = None
+                max_n -= k
+                if not max_n:
+                    break
+        finally:
+            cur.close()
+        return out
 
-    def _remove(self, conn: sqlite3.Connection, b: _Buf, count_sql: str, delete_sql: str, arg: tuple[Any, ...]) -> int:
-        n, nbytes = conn.execute(count_sql, arg).fetchone()
-        if n:
-            conn.execute(delete_sql, arg)
-            b.count -= n
-            b.bytes -= nbytes
-            b.shrunk = True
-        return int(n)
+    def _remove(self, conn: sqlite3.Connection, b: _Buf, runs: list[tuple[int, int]]) -> int:
+        """Remove the seqs in `runs` (sorted, disjoint, inclusive); returns how many were there.
+
+        Per row: all of it gone -> the row is deleted; what is left is one contiguous range (a prefix or
+        suffix removed, the common case) -> its trim is updated, the row itself is not touched; what is
+        left is several ranges (a hole) -> the row is rewritten as one row per range. Everything that
+        reads (and so may raise) runs before the first write.
+        """
+        span = conn.execute(b.sql_span, (runs[0][0], runs[-1][1])).fetchall()
+        gone: list[int] = []  # positions in `span` of the rows to delete
+        pieces_rows: list[RowValues] = []
+        trims: dict[int, tuple[int, int]] = {}
+        removed = nbytes = 0
+        ri, nruns = 0, len(runs)
+        for pos, (seq, last, size) in enumerate(span):
+            lo, hi = b.trims.get(seq, (seq, last))
+            while ri < nruns and runs[ri][1] < lo:
+                ri += 1
+            pieces = []  # what is left of lo..hi
+            cur = lo
+            j = ri
+            while j < nruns and runs[j][0] <= hi:
+                a, z = runs[j]
+                if a > cur:
+                    pieces.append((cur, a - 1))
+                cur = max(cur, z + 1)
+                if z >= hi:
+                    break
+                j += 1
+            if cur <= hi:
+                pieces.append((cur, hi))
+            if len(pieces) == 1 and pieces[0] == (lo, hi):
+                continue  # untouched
+            removed += hi - lo + 1 - sum(y - x + 1 for x, y in pieces)
+            if not pieces and lo == seq and hi == last:
+                nbytes += size
+                gone.append(pos)
+                continue
+            row = self._row(conn, b, seq, last, data=len(pieces) > 1)
+            nbytes += row.nbytes(lo - seq, hi - seq + 1) - sum(row.nbytes(x - seq, y - seq + 1) for x, y in pieces)
+            if len(pieces) == 1:
+                trims[seq] = pieces[0]
+            else:
+                if pieces:
+                    pieces_rows.extend(row.piece(x - seq, y - seq + 1) for x, y in pieces)
+                gone.append(pos)
+        if not removed:
+            return 0
+        # Deleted rows that are neighbours in the table go in one range delete.
+        i = 0
+        while i < len(gone):
+            k = i
+            while k + 1 < len(gone) and gone[k + 1] == gone[k] + 1:
+                k += 1
+            conn.execute(b.sql_delete_between, (span[gone[i]][0], span[gone[k]][0]))
+            i = k + 1
+        if pieces_rows:
+            conn.executemany(b.sql_insert, pieces_rows)
+        keys = [span[pos][0] for pos in gone]
+        untrim = [(b.id, key) for key in keys if key in b.trims]
+        if untrim:
+            conn.executemany(_TRIM_DELETE, untrim)
+        if trims:
+            conn.executemany(_TRIM_PUT, [(b.id, key, lo, hi) for key, (lo, hi) in trims.items()])
+        for key in keys:
+            b.trims.pop(key, None)
+            b.rows.pop(key, None)
+        b.trims.update(trims)
+        b.count -= removed
+        b.bytes -= nbytes
+        b.shrunk = True
+        return removed
 
     def _op_delete(self, conn: sqlite3.Connection, r: Request, touched: dict[str, _Buf]) -> None:
         b = self._bufs.get(r.name)
         if b is None or not r.arg or b.count == 0:
             return
-        for run in _runs(r.arg):
-            self._remove(conn, b, b.sql_count_between, b.sql_delete_between, run)
-        touched[r.name] = b
+        if self._remove(conn, b, _runs(r.arg)):
+            touched[r.name] = b
 
     def _op_drop_oldest(self, conn: sqlite3.Connection, r: Request, touched: dict[str, _Buf]) -> int:
         b = self._bufs.get(r.name)
         n, after = r.arg
         if b is None or n <= 0 or b.count == 0:
             return 0
-        (cut,) = conn.execute(b.sql_nth, (after, n)).fetchone()
+        cut = None  # the n-th message after `after`, or the last one
+        cur = conn.execute(b.sql_from, (after + 1,))
+        try:
+            for seq, last in cur:
+                lo, hi = b.trims.get(seq, (seq, last))
+                lo = max(lo, after + 1)
+                if lo > hi:
+                    continue
+                if hi - lo + 1 >= n:
+                    cut = lo + n - 1
+                    break
+                n -= hi - lo + 1
+                cut = hi
+        finally:
+            cur.close()
         if cut is None:
             return 0
-        touched[r.name] = b
-        return self._remove(conn, b, b.sql_count_between, b.sql_delete_between, (after + 1, cut))
+        removed = self._remove(conn, b, [(after + 1, cut)])
+        if removed:
+            touched[r.name] = b
+        return removed
 
     def _op_expire(self, conn: sqlite3.Connection, r: Request, touched: dict[str, _Buf]) -> int:
         b = self._bufs.get(r.name)
-        cutoff, after = r.arg
+        cutoff, after = float(r.arg[0]), r.arg[1]
         if b is None or b.count == 0 or (after == 0 and b.oldest is not None and b.oldest >= cutoff):
             return 0
         # Expiry walks from the head in delivery order and stops at the first message still fresh:
         # a message with an old timestamp queued behind fresher ones expires once it reaches the head.
-        row = conn.execute(b.sql_first_fresh, (after, cutoff)).fetchone()
-        cut = b.last_seq if row is None else row[0] - 1
-        if cut <= after:
+        cut = None
+        cur = conn.execute(b.sql_from, (after + 1,))
+        try:
+            for seq, last in cur:
+                lo, hi = b.trims.get(seq, (seq, last))
+                lo = max(lo, after + 1)
+                if lo > hi:
+                    continue
+                fresh = self._row(conn, b, seq, last).first_fresh(lo - seq, hi - seq + 1, cutoff)
+                if fresh is not None:
+                    cut = seq + fresh - 1
+                    break
+                cut = hi
+        finally:
+            cur.close()
+        if cut is None or cut <= after:
             return 0
-        touched[r.name] = b
-        return self._remove(conn, b, b.sql_count_between, b.sql_delete_between, (after + 1, cut))
+        removed = self._remove(conn, b, [(after + 1, cut)])
+        if removed:
+            touched[r.name] = b
+        return removed
 
     def _op_get_state(self, conn: sqlite3.Connection, r: Request, touched: dict[str, _Buf]) -> bytes | None:
         row = conn.execute("SELECT value FROM state WHERE key = ?", (r.name,)).fetchone()
