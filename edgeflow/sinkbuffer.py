@@ -24,6 +24,7 @@ import contextlib
 import logging
 import time
 from collections import deque
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from .errors import Retryable
@@ -230,26 +231,29 @@ class SinkBuffer:
         max_batch = sink.max_batch
         while True:
             self._stored.clear()
-            items = self._take_recent(max_batch)
-            if items is None:
+            taken = self._take_recent(max_batch)
+            if taken is None:
                 generation = self._generation
                 items = await self.buffer.read(max_batch, after=(self._next or 1) - 1)
                 if generation != self._generation:
                     continue  # rows were dropped or expired while we read: what we got may be gone
-
-            if not items:
-                if self._intake_done:
-                    return
-                await self._stored.wait()
-                continue
-            self._next = items[-1][0] + 1
-            self._delivering = items[-1][0]
-            failed = await cell.deliver(sink, [m for _, m in items])
-            if items[-1][0] - items[0][0] + 1 == len(items):
-                await self.buffer.delete(range(items[0][0], items[-1][0] + 1))
+                if not items:
+                    if self._intake_done:
+                        return
+                    await self._stored.wait()
+                    continue
+                first, last = items[0][0], items[-1][0]
+                seqs: Sequence[int] = (
+                    range(first, last + 1) if last - first + 1 == len(items) else [q for q, _ in items]
+                )
+                msgs = [m for _, m in items]
             else:
-                await self.buffer.delete([seq for seq, _ in items])
-            self.delivered += len(items) - len(failed)
+                seqs, msgs = taken
+            self._next = seqs[-1] + 1
+            self._delivering = seqs[-1]
+            failed = await cell.deliver(sink, msgs)
+            await self.buffer.delete(seqs)
+            self.delivered += len(msgs) - len(failed)
             self.dead_lettered += len(failed)
             self._freed.set()
 
@@ -277,7 +281,7 @@ class SinkBuffer:
         self._next = None
         self._generation += 1
 
-    def _take_recent(self, max_n: int) -> list[tuple[int, Message]] | None:
+    def _take_recent(self, max_n: int) -> tuple[range, list[Message]] | None:
         """The next messages from memory when they are exactly the next in store order, else None."""
         if self._removing:
             return None  # a drop in flight may take what memory holds; the store read is checked
@@ -299,5 +303,5 @@ class SinkBuffer:
                 recent.appendleft((first + max_n, msgs[max_n:]))
                 self._recent_n += len(msgs) - max_n
                 msgs = msgs[:max_n]
-            return list(zip(range(first, first + len(msgs)), msgs, strict=True))
+            return range(first, first + len(msgs)), msgs
         return None
