@@ -299,6 +299,12 @@ class SinkBuffer:
                 return None  # older messages wait in the store (a restart, a backlog)
             recent.popleft()
             self._recent_n -= len(msgs)
+            # A paced flow commits a few messages at a time: deliver consecutive commits together, so
+            # each write (one round trip to an MQTT broker) and each delete carries up to max_n.
+            while recent and len(msgs) < max_n and recent[0][0] == first + len(msgs):
+                more = recent.popleft()[1]
+                self._recent_n -= len(more)
+                msgs = msgs + more
             if len(msgs) > max_n:
                 recent.appendleft((first + max_n, msgs[max_n:]))
                 self._recent_n += len(msgs) - max_n

@@ -38,6 +38,9 @@ if TYPE_CHECKING:
 
 __all__ = ["MqttSource", "MqttSourceConfig"]
 
+#: Messages queued here from which the source stops reading the connection (and most one produce() takes).
+HIGH_WATER = 2048
+
 Format = Literal["json", "msgpack", "raw", "line", "csv"]
 
 
@@ -87,6 +90,7 @@ class MqttSource(Source):
         self.rejected_n = 0
         self._decode = _decoder(cfg.format, cfg.columns, cfg.delimiter)
         self._headers: dict[tuple[int, bool, bool], dict[str, Any]] = {}
+        self._conn = plugin.conn
         self._subs: list[Subscription] = [plugin.conn.subscribe(t, cfg.qos, self._on_batch) for t in cfg.topics]
 
     def _on_batch(self, batch: list[InMessage]) -> None:
@@ -98,6 +102,8 @@ class MqttSource(Source):
         self._queue.append(batch)
         self._queued += len(batch)
         self._wakeup.set()
+        if self._queued >= HIGH_WATER:
+            self._conn.pause_reading(self)  # downstream is busy: let the broker hold the rest
 
     def _trim(self, batch: list[InMessage]) -> list[InMessage]:
         """Over `max_pending`: keep what fits (and every QoS 1/2 message: the broker bounds those)."""
@@ -123,9 +129,18 @@ class MqttSource(Source):
         while not self._queue:
             self._wakeup.clear()
             await self._wakeup.wait()
-        queue: Sequence[list[InMessage]] = self._queue
-        self._queue = deque()
-        self._queued = 0
+        # At most HIGH_WATER messages per call (whole read passes): what stays queued stays as received
+        # bytes, not decoded messages, and the mailbox's backpressure reaches the socket.
+        pending = self._queue
+        taking = [pending.popleft()]
+        taken = len(taking[0])
+        while pending and taken < HIGH_WATER:
+            taking.append(pending.popleft())
+            taken += len(taking[-1])
+        queue: Sequence[list[InMessage]] = taking
+        self._queued -= taken
+        if self._queued < HIGH_WATER:
+            self._conn.resume_reading(self)
         if len(queue) > 1 and len(self._subs) > 1:
             queue = (_merge(queue),)
         out: list[Message] = []
@@ -180,6 +195,9 @@ class MqttSource(Source):
         return headers
 
     async def on_stop(self) -> None:
+        conn = getattr(self, "_conn", None)
+        if conn is not None:
+            conn.resume_reading(self)  # a stopped source must not leave the shared connection paused
         subs = getattr(self, "_subs", [])
         leftovers = [m for batch in getattr(self, "_queue", ()) for m in batch]
         self._queue = deque()

@@ -69,6 +69,9 @@ class Outbox:
         self.messages_out = 0
         self._pending: dict[int, tuple[Batch, int]] = {}
         self._waiters: deque[asyncio.Future[None]] = deque()
+        # Called when the first acknowledgement starts being awaited and when the last one arrived
+        # (the connection must read the socket meanwhile, even if a source paused reading).
+        self.on_busy_change: Callable[[], None] | None = None
 
     def connection_up(self, receive_maximum: int | None) -> None:
         self.up = True
@@ -126,6 +129,8 @@ class Outbox:
         self.inflight += 1
         if self.inflight == 1:
             client.on_publish = self.on_publish
+            if self.on_busy_change is not None:
+                self.on_busy_change()
         try:
             info = client.publish(topic, payload, qos, retain, props)
         except ValueError as exc:
@@ -184,6 +189,8 @@ class Outbox:
             # While on_publish is set paho builds two objects per QoS 0 packet it writes: keep it set
             # only while a QoS 1/2 acknowledgement is awaited.
             self._client.on_publish = None
+            if self.on_busy_change is not None:
+                self.on_busy_change()
         if self._waiters:
             self._wake_one()
 
