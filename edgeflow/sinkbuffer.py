@@ -60,6 +60,7 @@ class SinkBuffer:
         # Committed batches not yet delivered, while delivery keeps up: (first seq, messages).
         self._recent: deque[tuple[int, list[Message]]] = deque()
         self._recent_n = 0
+        self._recent_max = RECENT_MAX
         self._next: int | None = None  # next seq delivery expects; None = ask the store
         self._delivering = 0  # highest seq handed to the sink and not yet deleted: spared by drops
         self._generation = 0  # bumped whenever rows go behind delivery's back
@@ -84,6 +85,9 @@ class SinkBuffer:
         so a batch whose write was interrupted is delivered again rather than skipped.
         """
         self._intake_done = False
+        # Memory holds what delivery will take soon, not a backlog: a slow sink (small batches, a round
+        # trip each) reads its backlog from the store instead of keeping thousands of decoded messages.
+        self._recent_max = min(RECENT_MAX, max(4 * sink.max_batch, 1024))
         self._forget_recent()
         self._delivering = 0
         delivery = asyncio.create_task(self._delivery(cell, sink), name=f"edgeflow[{cell.name}].delivery")
@@ -194,7 +198,7 @@ class SinkBuffer:
         for m in batch:
             if m.ack is not None:
                 m.ack.done()
-        if self._recent_n + len(batch) <= RECENT_MAX:
+        if self._recent_n + len(batch) <= self._recent_max:
             self._recent.append((seqs.start, batch))
             self._recent_n += len(batch)
         self._stored.set()
