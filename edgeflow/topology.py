@@ -217,6 +217,23 @@ def parse_topology(
         config = build_config(cls.Config, raw, ("connections", name), p, ignore=("type",))
         connections[name] = ConnectionSpec(name, ctype, cls, config, dict(raw))
 
+    identities: dict[tuple[str, ...], str] = {}
+    for name, conn in connections.items():
+        identity = getattr(conn.cls, "identity", None)
+        if identity is None or conn.config is None:
+            continue
+        try:
+            key = identity(conn.config, node.id)
+        except ValueError:
+            continue  # a bad url is reported by the connection's own checks
+        if key in identities:
+            p.add(
+                ("connections", name),
+                f"same broker and client id as connections.{identities[key]}: the broker would let only one "
+                "of them stay connected; give one a different client_id",
+            )
+        identities.setdefault(key, name)
+
     control = None
     if "control" in data:
         control = _table(ControlConfig, data, "control", p)

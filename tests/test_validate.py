@@ -206,3 +206,36 @@ inputs = ["s"]
     assert r.returncode == 2
     assert f"{path}:2: node.id: 'gw/17' cannot name a node on the control plane" in r.stderr
     assert f"{path}:6: control.prefix: a topic prefix cannot hold the wildcards" in r.stderr
+
+
+def test_two_connections_to_one_broker_with_the_same_client_id_are_a_problem(tmp_path):
+    path, r = problems_for(
+        tmp_path,
+        """\
+[node]
+id = "gw-1"
+
+[connections.a]
+type = "mqtt"
+url = "mqtt://127.0.0.1:1883"
+
+[connections.b]
+type = "mqtt"
+url = "mqtt://127.0.0.1"
+
+[connections.c]
+type = "mqtt"
+url = "mqtt://127.0.0.1:1883"
+client_id = "gw-1-uplink"
+
+[sources.s]
+type = "simulator"
+
+[sinks.o]
+type = "nop"
+inputs = ["s"]
+""",
+    )
+    assert r.returncode == 2
+    assert f"{path}:8: connections.b: same broker and client id as connections.a" in r.stderr
+    assert "connections.c" not in r.stderr

@@ -90,6 +90,15 @@ class MqttConnectionPlugin:
 
     Config = MqttConnectionConfig
 
+    @staticmethod
+    def identity(config: MqttConnectionConfig, node_id: str) -> tuple[str, ...]:
+        """What must differ between two connections of one node: a broker takes a session away from
+        the older of two clients with the same id, so they would keep disconnecting each other."""
+        from edgeflow.mqtt.url import parse_broker_url
+
+        address = parse_broker_url(config.url)
+        return ("mqtt", address.host.lower(), str(address.port), config.client_id or node_id)
+
     def __init__(self, name: str, config: MqttConnectionConfig, node_id: str) -> None:
         self.name = name
         self.config = config
