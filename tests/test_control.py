@@ -11,7 +11,6 @@ import asyncio
 import json
 import re
 import shutil
-import signal
 import subprocess
 import tempfile
 import threading
@@ -22,7 +21,7 @@ from typing import Any
 
 import paho.mqtt.client as mqtt
 import pytest
-from conftest import EDGEFLOW, child_env, run_cli
+from conftest import RuntimeProcess, run_cli
 from mqtt_broker import MosquittoBroker, free_port
 from paho.mqtt.enums import CallbackAPIVersion
 
@@ -48,56 +47,15 @@ PERSISTING = SIM_NOP + "buffer = { persist = true }\n"
 # --- helpers ------------------------------------------------------------------------------------------
 
 
-class Node:
-    """`edgeflow run` as a child process; its log (stderr) is collected by a thread for `wait_for_log`."""
+class Node(RuntimeProcess):
+    """One runtime of the fleet under test."""
 
     def __init__(self, path: Path, node_id: str) -> None:
-        self.path = path
+        super().__init__(path)
         self.id = node_id
-        self.lines: list[str] = []
-        self._changed = threading.Condition()
-        self.proc = subprocess.Popen(
-            [*EDGEFLOW, "run", str(path)],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            text=True,
-            env=child_env(),
-        )
-        threading.Thread(target=self._read, daemon=True).start()
 
-    def _read(self) -> None:
-        assert self.proc.stderr is not None
-        for line in self.proc.stderr:
-            with self._changed:
-                self.lines.append(line.rstrip("\n"))
-                self._changed.notify_all()
-
-    def wait_for_log(self, pattern: str, timeout: float = 10.0) -> str:
-        regex = re.compile(pattern)
-        deadline = time.monotonic() + timeout
-        with self._changed:
-            while True:
-                for line in self.lines:
-                    if regex.search(line):
-                        return line
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    pytest.fail(f"no log line matching {pattern!r} within {timeout}s:\n{self.log_text()}")
-                self._changed.wait(remaining)
-
-    def log_text(self) -> str:
-        with self._changed:
-            return "\n".join(self.lines)
-
-    def stop(self) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-        return self.proc.wait(20)
-
-    def kill(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-        self.proc.wait(10)
+    def wait_for_log(self, pattern: str, timeout: float = 10.0, count: int = 1) -> str:  # type: ignore[override]
+        return super().wait_for_log(pattern, timeout, count)[0]
 
 
 class Watcher:

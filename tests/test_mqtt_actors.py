@@ -14,7 +14,6 @@ import queue
 import random
 import re
 import shutil
-import signal
 import subprocess
 import tempfile
 import threading
@@ -27,7 +26,7 @@ from typing import Any
 import msgpack
 import paho.mqtt.client as mqtt
 import pytest
-from conftest import EDGEFLOW, child_env, read_jsonl, run_cli, wait_until
+from conftest import RuntimeProcess, read_jsonl, run_cli, wait_until
 from edgeflow_actors.mqtt_connection import MqttBackoffConfig, MqttConnectionConfig, MqttConnectionPlugin
 from edgeflow_actors.mqtt_source import MqttSource, MqttSourceConfig
 from mqtt_broker import MosquittoBroker, TlsFiles, make_tls
@@ -42,66 +41,7 @@ pytestmark = [pytest.mark.mqtt, pytest.mark.timeout(60)]
 # --- helpers ------------------------------------------------------------------------------------------
 
 
-class Edgeflow:
-    """`edgeflow run` as a child process whose log (stderr) is read by a thread, for `wait_for_log`."""
-
-    def __init__(self, path: Path, *, log: Path | None = None) -> None:
-        self.path = path
-        self._lines: list[str] = []
-        self._changed = threading.Condition()
-        self._log = log
-        self.proc = subprocess.Popen(
-            [*EDGEFLOW, "run", str(path)],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            text=True,
-            env=child_env(),
-        )
-        threading.Thread(target=self._read, daemon=True).start()
-
-    def _read(self) -> None:
-        assert self.proc.stderr is not None
-        for line in self.proc.stderr:
-            with self._changed:
-                self._lines.append(line.rstrip("\n"))
-                self._changed.notify_all()
-            if self._log is not None:
-                with open(self._log, "a") as fh:
-                    fh.write(line)
-
-    def wait_for_log(self, pattern: str, timeout: float = 10.0, count: int = 1) -> list[str]:
-        regex = re.compile(pattern)
-        deadline = time.monotonic() + timeout
-        with self._changed:
-            while True:
-                found = [line for line in self._lines if regex.search(line)]
-                if len(found) >= count:
-                    return found
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    pytest.fail(f"no log line matching {pattern!r} within {timeout}s:\n{self.log_text()}")
-                self._changed.wait(remaining)
-
-    def log_text(self) -> str:
-        return "\n".join(self._lines)
-
-    @property
-    def alive(self) -> bool:
-        return self.proc.poll() is None
-
-    def stop(self, timeout: float = 20.0) -> int:
-        """SIGTERM and wait; the exit code."""
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-        try:
-            return self.proc.wait(timeout)
-        finally:
-            self.kill()
-
-    def kill(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(10)
+Edgeflow = RuntimeProcess
 
 
 @dataclass
