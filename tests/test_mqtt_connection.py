@@ -772,14 +772,25 @@ class ScriptedBroker:
         assert self.writer is not None
         self.writer.write(bytes([0x40, 4]) + mid.to_bytes(2, "big") + bytes([reason, 0]))
 
-    def send_publishes(self, topic: str, payloads: list[bytes]) -> None:
-        """Several QoS 0 PUBLISH packets in one write: they arrive together."""
+    def send_publishes(self, topic: str, payloads: list[bytes], qos: int = 0, first_mid: int = 1) -> None:
+        """Several PUBLISH packets in one write: they arrive together (QoS 1: packet ids from `first_mid`)."""
         assert self.writer is not None
-        data = b""
-        for payload in payloads:
-            body = len(topic).to_bytes(2, "big") + topic.encode() + b"\x00" + payload
-            data += bytes([0x30, len(body)]) + body
-        self.writer.write(data)
+        chunks = []
+        for i, payload in enumerate(payloads):
+            mid = (first_mid + i).to_bytes(2, "big") if qos else b""
+            body = len(topic).to_bytes(2, "big") + topic.encode() + mid + b"\x00" + payload
+            chunks.append(bytes([0x30 | qos << 1, len(body)]) + body)
+        self.writer.write(b"".join(chunks))
+
+    async def pubacks(self, n: int) -> list[int]:
+        """The packet ids of the next `n` PUBACKs the client sends (other packets are skipped)."""
+        mids: list[int] = []
+        async with asyncio.timeout(10):
+            while len(mids) < n:
+                header, body = await self.packets.get()
+                if header >> 4 == 4:
+                    mids.append(int.from_bytes(body[:2], "big"))
+        return mids
 
 
 def test_qos1_publish_completes_only_when_the_puback_arrives() -> None:
@@ -851,5 +862,69 @@ def test_messages_arriving_together_reach_the_handler_as_one_batch() -> None:
             got = await inbox.take(50)
         assert [m.payload for m in got] == [b"%d" % i for i in range(50)]
         assert inbox.batch_sizes == [50]
+
+    asyncio.run(main())
+
+
+def test_a_burst_is_read_in_batches_of_the_read_budget_and_acknowledged_in_one_write() -> None:
+    """5,000 QoS 1 messages in one write: handed over in batches of at most 256 (other callbacks get a
+    turn between them), and their PUBACKs, once acknowledged together, leave in arrival order."""
+
+    async def main() -> None:
+        inbox = Inbox()
+        async with ScriptedBroker() as scripted, connection(scripted.url, "c") as conn:
+            conn.subscribe("burst", 1, inbox)
+            scripted.send_publishes("burst", [b"%d" % i for i in range(5000)], qos=1)
+            got = await inbox.take(5000)
+            assert [m.payload for m in got] == [b"%d" % i for i in range(5000)]
+            assert max(inbox.batch_sizes) <= 256
+            assert await scripted.pubacks(5000) == list(range(1, 5001))
+
+    asyncio.run(main())
+
+
+def test_a_paused_subscriber_is_not_flooded_by_a_broker_ignoring_receive_maximum(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """While a subscriber is paused and a QoS 1 publish of ours awaits its PUBACK, reading goes on for
+    that PUBACK, but the broker's messages read meanwhile are bounded: an allowance, renewed every
+    grace period (a broker within our Receive Maximum never reaches it). The PUBACK, sent behind
+    5,000 messages, still completes the publish, and every message is delivered once, in order."""
+    import edgeflow.mqtt.connection as connection_module
+
+    grace = 0.1
+    allowance = connection_module._PAUSED_READ_ALLOWANCE
+    budget = connection_module._READ_BUDGET
+    monkeypatch.setattr(connection_module, "_PAUSED_READ_GRACE", grace)
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        owner = object()
+        seen: list[tuple[float, int]] = []  # (time, messages received so far) at each batch
+
+        async with ScriptedBroker() as scripted, connection(scripted.url, "c", max_inflight=1) as conn:
+            inbox = Inbox(ack=False)
+
+            def handler(batch: list[InMessage]) -> None:
+                inbox(batch)
+                seen.append((loop.time(), inbox.queue.qsize()))
+                conn.pause_reading(owner)  # a subscriber whose downstream is full
+
+            conn.subscribe("in", 1, handler)
+            publishing = asyncio.ensure_future(conn.publish("out", b"x", qos=1))
+            mid = await scripted.next_publish()
+            started = loop.time()
+            scripted.send_publishes("in", [b"%d" % i for i in range(5000)], qos=1, first_mid=10)
+            scripted.puback(mid)  # behind all of them
+            async with asyncio.timeout(20):
+                await publishing  # reading for the PUBACK went on, allowance by allowance
+            paused_for = loop.time() - started
+            for at, received in seen:
+                renewals = int((at - started) / grace) + 1
+                assert received <= renewals * (allowance + budget), (at - started, received)
+            # Reading stopped at each allowance: the PUBACK, behind 5,000 messages, took 5+ renewals.
+            assert paused_for >= 5 * grace
+            got = [m.payload for m in await inbox.take(5000)]
+            assert got == [b"%d" % i for i in range(5000)]  # all of them, once, in order
 
     asyncio.run(main())

@@ -80,6 +80,11 @@ _RECV_CHUNK = 65536  # bytes per recv: paho's small reads are served from this
 _NO_INFO = mqtt.MQTTMessageInfo(0)  # the `info` of received messages (paho's is for publishers only)
 _new_message = object.__new__
 _READ_BUDGET = 256  # packets per wake-up (~8 ms on a Pi-class CPU) before other callbacks get a turn
+# While paused, reading goes on for our publishes' acknowledgements; the broker's messages read with
+# them are kept. At most this many per allowance (a broker within our Receive Maximum sends fewer);
+# past it, reading stops until the allowance is renewed after _PAUSED_READ_GRACE seconds.
+_PAUSED_READ_ALLOWANCE = 512
+_PAUSED_READ_GRACE = 0.5
 _STABLE_AFTER = 10.0  # seconds a connection must live for the backoff to start again from the beginning
 _STOP_TIMEOUT = 2.0  # per step of a clean stop: the offline announcement, then the DISCONNECT
 
@@ -105,6 +110,19 @@ class _PahoClient(mqtt.Client):
 
     _rbuf = b""  # bytes read from the socket and not yet handed to paho
     _rpos = 0
+
+    def loop_read(self, max_packets: int = 1) -> MQTTErrorCode:
+        """Read at most `max_packets` packets (paho reads one more per message in flight, whatever is
+        asked: thousands per call while publishing, which would defeat the caller's budget and pause)."""
+        for _ in range(max_packets):
+            if self._sock is None:
+                return MQTTErrorCode.MQTT_ERR_NO_CONN
+            rc = self._packet_read()
+            if rc > 0:
+                return self._loop_rc_handle(rc)
+            if rc == MQTTErrorCode.MQTT_ERR_AGAIN:
+                break
+        return MQTTErrorCode.MQTT_ERR_SUCCESS
 
     def pending_bytes(self) -> int:
         """Bytes already read from the socket that paho has not consumed yet."""
@@ -263,6 +281,8 @@ class MqttConnection:
         self._fd = -1
         self._reading = False  # the socket is registered for reading
         self._pausers: set[object] = set()  # who asked for a pause (see pause_reading)
+        self._paused_limit = 0  # while paused: router.messages_in up to which reading for acks may go
+        self._grace: asyncio.TimerHandle | None = None  # renews that allowance
         self._writer_added = False
         self._flush_scheduled = False
         self._router = Router(self._client, self._label, settings.unrouted_grace, self._record_error)
@@ -370,6 +390,9 @@ class MqttConnection:
             if self._connected:
                 await self._leave_cleanly()
         finally:
+            if self._grace is not None:
+                self._grace.cancel()
+                self._grace = None
             self._discard_socket("stopped")
             self._outbox.stop(self._stopped_error())
             self._set_state("stopped")
@@ -378,11 +401,17 @@ class MqttConnection:
     def pause_reading(self, owner: object) -> None:
         """Stop reading the socket until `resume_reading(owner)`: TCP backpressure to the broker.
 
-        For a subscriber that cannot keep up (a QoS 0 flood): the broker then queues or drops by its own
-        policy instead of this process reading and dropping. Reading goes on regardless while a QoS 1/2
-        publish awaits its acknowledgement and while a keepalive answer is due, so a pause never
-        blocks a sink on this connection nor loses the connection.
+        For a subscriber that cannot keep up: the broker then holds what it has not sent (or drops
+        QoS 0 by its own policy) instead of this process. Reading goes on while a keepalive answer is
+        due, and while a QoS 1/2 publish awaits its acknowledgement, so that a pause neither loses the
+        connection nor blocks a sink on it; the broker's messages read meanwhile are delivered as
+        usual. A broker within our Receive Maximum sends few of those; one that is not (mosquitto
+        2.0.11 overshoots it when acknowledgements come in bursts) would fill memory, so after
+        `_PAUSED_READ_ALLOWANCE` such messages reading stops, and resumes for another allowance
+        `_PAUSED_READ_GRACE` seconds later if the pause still holds.
         """
+        if not self._pausers:
+            self._paused_limit = self._router.messages_in + _PAUSED_READ_ALLOWANCE
         self._pausers.add(owner)
         self._update_reader()
 
@@ -395,7 +424,7 @@ class MqttConnection:
     def _update_reader(self) -> None:
         if self._fd < 0:
             return
-        want = not self._pausers or self._outbox.inflight > 0 or self._client._ping_t > 0
+        want = not self._pausers or self._client._ping_t > 0 or self._read_for_acks()
         if want and not self._reading:
             self._reading = True
             loop = self._require_loop()
@@ -404,6 +433,21 @@ class MqttConnection:
         elif not want and self._reading:
             self._reading = False
             self._require_loop().remove_reader(self._fd)
+
+    def _read_for_acks(self) -> bool:
+        """Paused: whether to read on for the acknowledgements of our publishes (see `pause_reading`)."""
+        if self._outbox.inflight == 0:
+            return False
+        if self._router.messages_in < self._paused_limit:
+            return True
+        if self._grace is None:
+            self._grace = self._require_loop().call_later(_PAUSED_READ_GRACE, self._renew_allowance)
+        return False
+
+    def _renew_allowance(self) -> None:
+        self._grace = None
+        self._paused_limit = self._router.messages_in + _PAUSED_READ_ALLOWANCE
+        self._update_reader()
 
     def subscribe(self, topic_filter: str, qos: int, handler: Handler) -> Subscription:
         """Deliver messages matching `topic_filter` (wildcards, `$share/<group>/...`) to `handler`.
@@ -741,6 +785,8 @@ class MqttConnection:
             _log.exception("%s: internal error while reading", self._label)
             self._discard_socket("internal error while reading")
         self._router.flush()
+        if self._pausers and self._reading:
+            self._update_reader()  # reading only for acknowledgements: the allowance may be spent
 
     def _read_more(self) -> None:
         if self._fd >= 0 and self._reading:

@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import struct
 from collections import deque
 from collections.abc import Callable, Iterable
 from typing import Any, cast
@@ -37,6 +38,8 @@ _log = logging.getLogger("edgeflow.mqtt")
 _ROUTE_CACHE_MAX = 4096
 _EMPTY_PROPERTIES = 4  # attributes of a paho Properties object that holds no property
 _UNROUTED_LOG_MAX = 100  # distinct topics logged as unrouted, then silence (the counter goes on)
+_PUBACK = 0x40
+_PUBACK_WORD = (_PUBACK << 24) | (2 << 16)  # a PUBACK as a big-endian word: type, length 2, packet id
 
 
 class Router:
@@ -60,6 +63,7 @@ class Router:
         self._parked: deque[tuple[float, InMessage]] = deque()
         self._unrouted_logged: set[str] = set()
         self._kept: set[str] = set()  # filters closed without unsubscribing: their subscriber comes back
+        self._pubacks: list[int] = []  # QoS 1 packet ids acknowledged since the last flush_acks()
 
     # --- driven by the connection -----------------------------------------------------------------
 
@@ -93,6 +97,7 @@ class Router:
 
     def connection_down(self) -> None:
         self.up = False
+        self._pubacks.clear()  # the broker sends those messages again in the next session
         for sub in self._subs:
             sub._active.clear()
         self._parked.clear()  # unacknowledged: the broker sends them again in the next session
@@ -209,8 +214,26 @@ class Router:
     # --- for InMessage and Subscription -----------------------------------------------------------
 
     def send_ack(self, m: InMessage) -> None:
-        if m._gen == self.gen and self.up:
+        if m._gen != self.gen or not self.up:
+            return
+        if m.qos != 1:
             self._client.ack(m.mid, m.qos)
+            return
+        # Acknowledgements come in bursts (a commit settles thousands): one write for all of them
+        # instead of paho's packet record and write request each.
+        if not self._pubacks:
+            asyncio.get_running_loop().call_soon(self.flush_acks)
+        self._pubacks.append(m.mid)
+
+    def flush_acks(self) -> None:
+        """Queue the PUBACKs gathered since the last call, as one write (in the order acknowledged)."""
+        mids = self._pubacks
+        if not mids:
+            return
+        self._pubacks = []
+        word = _PUBACK_WORD
+        packet = struct.pack(f"!{len(mids)}I", *[word | mid for mid in mids])
+        self._client._packet_queue(_PUBACK, packet, 0, 0)
 
     def give_back(self, messages: Iterable[InMessage]) -> None:
         """Messages a closed subscription's owner will not acknowledge: hold them for the next subscriber.
