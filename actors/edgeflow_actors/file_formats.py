@@ -8,8 +8,9 @@ only a block holding a bad line falls back to line-by-line work, to name the bad
 from __future__ import annotations
 
 import csv
-import json
 from typing import Any, Protocol
+
+from edgeflow.jsoncodec import make_loads
 
 __all__ = ["CsvDecoder", "Decoder", "JsonlDecoder", "LinesDecoder", "Rejected", "make_decoder"]
 
@@ -47,7 +48,7 @@ class JsonlDecoder:
     """One JSON document per line; blank lines are skipped."""
 
     def __init__(self) -> None:
-        self._loads = json.JSONDecoder().decode
+        self._loads = make_loads()
 
     def reset(self) -> None:
         pass

@@ -8,12 +8,12 @@ worst leave one partial batch after the last delivered one, which a replay write
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 from pathlib import Path
 from typing import IO, Literal
 
 from edgeflow import Config, Message, Sink, Size, field
+from edgeflow.jsoncodec import make_dumps
 
 __all__ = ["FileSink"]
 
@@ -39,6 +39,7 @@ class FileSink(Sink):
         self._path.parent.mkdir(parents=True, exist_ok=True)
         self._fh: IO[bytes] | None = None
         self._size = 0
+        self._dumps = make_dumps(default=repr, newline=True)
 
     def _open(self) -> IO[bytes]:
         if self._fh is None:
@@ -61,15 +62,13 @@ class FileSink(Sink):
         os.replace(self._path, self._path.with_name(f"{self._path.name}.1"))
 
     def _encode(self, batch: list[Message]) -> list[bytes]:
-        dumps = json.JSONEncoder(separators=(",", ":"), default=repr, ensure_ascii=False).encode
+        dumps = self._dumps
         if self.config.include_meta:
             return [
-                (
-                    dumps({"id": m.id, "source": m.source, "topic": m.topic, "ts": m.ts, "payload": m.payload}) + "\n"
-                ).encode()
+                dumps({"id": m.id, "source": m.source, "topic": m.topic, "ts": m.ts, "payload": m.payload})
                 for m in batch
             ]
-        return [(dumps(m.payload) + "\n").encode() for m in batch]
+        return [dumps(m.payload) for m in batch]
 
     def _append(self, lines: list[bytes]) -> None:
         """Write whole lines, rotating between lines so that no file grows past `max_bytes`."""

@@ -16,11 +16,11 @@ aiohttp is imported in `on_start`, only when a topology uses this sink (measured
 
 from __future__ import annotations
 
-import json
 import re
 from typing import TYPE_CHECKING, Any, Literal
 
 from edgeflow import Config, Duration, Message, NotReady, Permanent, Retryable, SecretFile, Sink, Template, field
+from edgeflow.jsoncodec import make_dumps
 
 if TYPE_CHECKING:
     import ssl
@@ -67,9 +67,7 @@ class HttpSink(Sink):
         # Sixteen requests per write: enough to amortise the buffer's reads, small enough to retry.
         self.max_batch = cfg.batch_size * 16  # per instance: depends on batch_size
         self._retry = frozenset(cfg.retry_statuses)
-        self._dumps = json.JSONEncoder(
-            separators=(",", ":"), ensure_ascii=False, allow_nan=False, default=_jsonable
-        ).encode
+        self._dumps = make_dumps(default=_jsonable)
         self._sent: dict[int, Message] = {}  # id(message) -> message: answered 2xx in a write that then failed
         self.requests = 0
         self.last_error: str | None = None
@@ -133,9 +131,9 @@ class HttpSink(Sink):
     def _body(self, chunk: list[Message]) -> bytes:
         try:
             if self.config.batch_size == 1:
-                return self._dumps(chunk[0].payload).encode()
-            return self._dumps([m.payload for m in chunk]).encode()
-        except ValueError as exc:
+                return self._dumps(chunk[0].payload)
+            return self._dumps([m.payload for m in chunk])
+        except (ValueError, TypeError) as exc:
             raise Permanent(f"cannot encode the payload as JSON: {exc}") from exc
 
     async def _send(self, url: str, body: bytes) -> None:

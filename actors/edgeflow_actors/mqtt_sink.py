@@ -19,7 +19,6 @@ failed write are remembered and not published again when the runtime hands them 
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -145,9 +144,11 @@ class MqttSink(Sink):
 def _encoder(fmt: str) -> Callable[[Any], bytes | str]:
     """The function turning a payload into the bytes (or UTF-8 text) to publish; `Permanent` if it cannot."""
     if fmt == "json":
-        dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False, default=_jsonable).encode
+        from edgeflow.jsoncodec import make_dumps
 
-        def encode_json(payload: Any) -> str:
+        dumps = make_dumps(default=_jsonable)
+
+        def encode_json(payload: Any) -> bytes:
             try:
                 return dumps(payload)
             except (ValueError, TypeError) as exc:
