@@ -41,7 +41,7 @@ __all__ = ["SinkBuffer"]
 #: Messages kept in memory for delivery straight after commit (bounded: memory must not grow).
 RECENT_MAX = 8192
 #: Messages gathered from the mailbox while a commit runs (bounded: memory must not grow).
-PENDING_MAX = 4096
+PENDING_MAX = 1024
 
 log = logging.getLogger("edgeflow.buffer")
 
@@ -87,7 +87,7 @@ class SinkBuffer:
         self._intake_done = False
         # Memory holds what delivery will take soon, not a backlog: a slow sink (small batches, a round
         # trip each) reads its backlog from the store instead of keeping thousands of decoded messages.
-        self._recent_max = min(RECENT_MAX, max(4 * sink.max_batch, 1024))
+        self._recent_max = min(RECENT_MAX, max(2 * sink.max_batch, 512))
         self._forget_recent()
         self._delivering = 0
         delivery = asyncio.create_task(self._delivery(cell, sink), name=f"edgeflow[{cell.name}].delivery")

@@ -90,7 +90,7 @@ class _SourceKeys(Config):
 
 class _OperatorKeys(_SourceKeys):
     inputs: list[str]
-    mailbox: int = field(1024, ge=1)
+    mailbox: int = field(256, ge=1)
     overflow: Literal["block", "drop_oldest", "drop_newest"] = "block"
 
 
@@ -105,7 +105,7 @@ _COMMON: dict[str, type[_SourceKeys]] = {"source": _SourceKeys, "operator": _Ope
 COMMON_KEYS_DOC: dict[str, str] = {
     "type": "the registered actor type within its section",
     "inputs": "names of the actors feeding this one (operators and sinks)",
-    "mailbox": "capacity of the bounded mailbox, in messages (default 1024)",
+    "mailbox": "capacity of the bounded mailbox, in messages (default 256)",
     "overflow": "block | drop_oldest | drop_newest: what a full mailbox does (default block)",
     "restart": "permanent | transient | temporary (default permanent)",
     "buffer": "sinks: { persist, max_size, when_full, ttl }",
@@ -324,7 +324,7 @@ def _actor(
         cls=cls,
         config=config,
         inputs=list(getattr(c, "inputs", [])),
-        mailbox=getattr(c, "mailbox", 1024),
+        mailbox=getattr(c, "mailbox", 256),
         overflow=getattr(c, "overflow", "block"),
         restart=c.restart,
         dead_letter=c.dead_letter,

@@ -130,7 +130,7 @@ inputs = ["sim"]
         doc = wait_until(status, timeout=20, what="status with delivered messages")
         assert doc["node"] == "test"
         assert doc["actors"]["sim"]["kind"] == "source"
-        assert doc["actors"]["out"]["mailbox"]["capacity"] == 1024
+        assert doc["actors"]["out"]["mailbox"]["capacity"] == 256  # the default
         human = run_cli("status", str(path), timeout=10)
         assert re.search(r"^out\s+sink\s+running", human.stdout, re.M), human.stdout
     finally:

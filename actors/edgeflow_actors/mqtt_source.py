@@ -22,13 +22,13 @@ from __future__ import annotations
 
 import asyncio
 import csv
-import json
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from operator import attrgetter
 from typing import TYPE_CHECKING, Any, Literal
 
 from edgeflow import Ack, Config, ConnectionRef, Message, Source, field
+from edgeflow.jsoncodec import make_loads
 from edgeflow.mqtt.subscription import validate_filter
 
 from .mqtt_connection import MqttConnectionPlugin
@@ -39,7 +39,7 @@ if TYPE_CHECKING:
 __all__ = ["MqttSource", "MqttSourceConfig"]
 
 #: Messages queued here from which the source stops reading the connection (and most one produce() takes).
-HIGH_WATER = 2048
+HIGH_WATER = 1024
 
 Format = Literal["json", "msgpack", "raw", "line", "csv"]
 
@@ -264,11 +264,11 @@ def _decoder(fmt: Format, columns: list[str] | None, delimiter: str) -> Callable
     if fmt == "raw":
         return bytes
     if fmt == "json":
-        loads = json.JSONDecoder().decode
+        loads = make_loads()
 
         def decode_json(data: bytes) -> Any:
             try:
-                return loads(data.decode())
+                return loads(data)
             except UnicodeDecodeError as exc:
                 raise _Undecodable(f"invalid JSON: not UTF-8 ({exc.reason} at byte {exc.start})") from None
             except ValueError as exc:

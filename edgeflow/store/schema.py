@@ -98,6 +98,9 @@ def _to_v3(conn: sqlite3.Connection) -> None:
 
 MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_to_v1, _to_v2, _to_v3]
 SCHEMA_VERSION = len(MIGRATIONS)
+#: SQLite's page cache, KiB (its default is 2000). The store appends batches, reads back the oldest and
+#: deletes them: a large cache buys little and costs resident memory on a small device.
+CACHE_KIB = 512
 
 
 def buffer_table(conn: sqlite3.Connection, buffer_id: int) -> None:
@@ -155,6 +158,7 @@ def _connect(path: Path, synchronous: str, max_bytes: int | None) -> sqlite3.Con
             log.warning("store %s: the filesystem refused WAL mode (%s); commits will be slower", path, mode)
         conn.execute(f"PRAGMA synchronous = {synchronous.upper()}")
         conn.execute("PRAGMA journal_size_limit = 16777216")
+        conn.execute(f"PRAGMA cache_size = -{CACHE_KIB:d}")
         if max_bytes is not None:
             page_size = conn.execute("PRAGMA page_size").fetchone()[0]
             conn.execute(f"PRAGMA max_page_count = {max(2, max_bytes // page_size):d}")
