@@ -30,10 +30,10 @@ threads, from "ready" to "all output arrived and the relay went idle"); its peak
 and prints the top self-time frames (not part of the table). With uvloop, `Runner.run` self time is
 the loop's own C code. `--cases ''` profiles only.
 
-mosquitto 2.0.11 (this box) does not hold to a client's Receive Maximum: every PUBACK from the client
-releases up to a full window of queued messages, so in a QoS 1 flood the relay holds most of the
-backlog however it acknowledges (see RECEIVE_MAXIMUM); the q1-flood RSS says more about that than
-about the relay.
+mosquitto 2.0.11 (this box) does not hold to a client's Receive Maximum when acknowledgements come in
+bursts: PUBACKs release more queued messages than the window allows (see RECEIVE_MAXIMUM). The bare
+relay holds that backlog in its deque; edgeflow stops reading while its source is backlogged, reading
+on only for its own PUBACKs and a bounded number of messages (edgeflow/mqtt/connection.py).
 """
 
 from __future__ import annotations
