@@ -7,10 +7,12 @@ wheels (not on 32-bit ARMv6, where it would need a Rust toolchain); without it t
 does everything, with the same results.
 
 What orjson refuses, the standard library gets a second chance at, so the inputs accepted and the
-errors raised are the standard library's: `loads` takes NaN, Infinity and integers of any size as
-before, and a payload that is not JSON raises the standard library's `ValueError` (its message names
-the line and column). `dumps` differs in one way: NaN and infinities become `null` (what JSON has
-for "no number", and what JavaScript writes), instead of invalid JSON or an error.
+errors raised are the standard library's: `loads` takes NaN and Infinity as before, and a payload
+that is not JSON raises the standard library's `ValueError` (its message names the line and column).
+Two differences: orjson reads an integer beyond 64 bits (>= 2**64 or < -2**63) as a float, as most
+JSON parsers do (a guard would cost as much as orjson saves); and `dumps` writes NaN and infinities
+as `null` (what JSON has for "no number", and what JavaScript writes), instead of invalid JSON or an
+error.
 """
 
 from __future__ import annotations
